@@ -1,0 +1,22 @@
+"""Errors a user can cause and fix. The CLI prints them as one line and exits non-zero;
+anything else that escapes is a bug and keeps its traceback."""
+
+
+class MiniLLMError(Exception):
+    """Base class: bad input, bad configuration, missing data or a broken file."""
+
+
+class ConfigError(MiniLLMError):
+    pass
+
+
+class DataError(MiniLLMError):
+    pass
+
+
+class CheckpointError(MiniLLMError):
+    pass
+
+
+class KernelSelectionError(MiniLLMError):
+    pass
