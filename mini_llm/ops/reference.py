@@ -1,0 +1,109 @@
+"""Reference ops: the specification of every op, written from scratch for clarity.
+
+Each function uses only elementary tensor arithmetic (matmul, exp, log, sum, max, erf, ...),
+never the fused PyTorch op of the same name; tests/test_ops.py checks each one against that
+built-in. Triton and CUDA kernels are checked against these. Speed is not a goal here.
+
+Shapes: B batch, T sequence, C channels, nh heads, hs head size, V vocabulary.
+Reductions run in at least float32 (bf16/fp16 inputs are widened), as the fast kernels do.
+"""
+
+import math
+
+import torch
+
+
+def widen(x):
+    """x in float32, or float64 if it already is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def softmax(x, dim=-1):
+    x32 = widen(x)
+    # exp(x - max) == exp(x) / exp(max): same result, but exp never overflows.
+    e = torch.exp(x32 - x32.amax(dim=dim, keepdim=True))
+    return (e / e.sum(dim=dim, keepdim=True)).to(x.dtype)
+
+
+def layer_norm(x, weight, bias=None, eps=1e-5):
+    """Normalise each row over the last dim to mean 0, variance 1, then scale and shift."""
+    x32 = widen(x)
+    mean = x32.mean(dim=-1, keepdim=True)
+    var = ((x32 - mean) ** 2).mean(dim=-1, keepdim=True)  # biased, as in the paper
+    y = (x32 - mean) / torch.sqrt(var + eps) * widen(weight)
+    if bias is not None:
+        y = y + widen(bias)
+    return y.to(x.dtype)
+
+
+def rms_norm(x, weight, eps=1e-5):
+    """LayerNorm without centring or bias: divide each row by its root mean square."""
+    x32 = widen(x)
+    rms = torch.sqrt((x32 * x32).mean(dim=-1, keepdim=True) + eps)
+    return (x32 / rms * widen(weight)).to(x.dtype)
+
+
+def causal_mask(t_q, t_k, device=None):
+    """(t_q, t_k) bool, True where query i may see key j.
+
+    The queries are the *last* t_q positions of the t_k keys (bottom-right alignment), so
+    the same rule covers training (t_q == t_k), prefill and one-token decode against a cache.
+    """
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+def attention(q, k, v, causal=True, scale=None):
+    """softmax(q k^T * scale + mask) v.   q: (B, nh, Tq, hs), k and v: (B, nh, Tk, hs).
+
+    This materialises the (Tq, Tk) score matrix; the flash kernels never do.
+    """
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    scores = (widen(q) @ widen(k).transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
+    if causal:
+        mask = causal_mask(q.size(-2), k.size(-2), device=q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (softmax(scores, dim=-1) @ widen(v)).to(q.dtype)  # (B, nh, Tq, hs)
+
+
+def gelu(x):
+    """The exact GELU, x * Phi(x) with Phi the standard normal CDF (GPT-2 used a tanh fit)."""
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def silu(x):
+    """x * sigmoid(x), the gate of SwiGLU."""
+    return x / (1.0 + torch.exp(-x))
+
+
+def cross_entropy(logits, targets, ignore_index=-1):
+    """Mean of -log softmax(logits)[target] over positions whose target != ignore_index.
+
+    logits: (..., V), targets: (...). log softmax = x - logsumexp(x), computed stably.
+    """
+    logits = widen(logits.reshape(-1, logits.size(-1)))
+    targets = targets.reshape(-1)
+    m = logits.amax(dim=-1, keepdim=True)
+    logsumexp = m.squeeze(-1) + torch.log(torch.exp(logits - m).sum(dim=-1))
+    keep = targets != ignore_index
+    picked = logits[keep].gather(1, targets[keep].unsqueeze(1)).squeeze(1)
+    return (logsumexp[keep] - picked).mean()
+
+
+def rope_tables(head_size, positions, base=10000.0):
+    """cos and sin tables for rotary position embeddings, each (T, head_size // 2).
+
+    Channel pair i rotates by angle position * base^(-2i / head_size): fast for the first
+    pairs, slow for the last, so the dot product q.k depends only on the distance.
+    """
+    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = positions.float()[:, None] * inv_freq[None, :].to(positions.device)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each channel pair (x[2i], x[2i+1]) of x (B, nh, T, hs) by its angle."""
+    x32 = widen(x)
+    x_even, x_odd = x32[..., 0::2], x32[..., 1::2]  # (B, nh, T, hs/2)
+    rotated_even = x_even * cos - x_odd * sin
+    rotated_odd = x_even * sin + x_odd * cos
+    return torch.stack((rotated_even, rotated_odd), dim=-1).flatten(-2).to(x.dtype)

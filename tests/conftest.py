@@ -1,0 +1,46 @@
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Every test: seeded, offline, its own cache folder, no data folder or kernel choice from
+    outside."""
+    torch.manual_seed(0)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setenv("MINI_LLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINI_LLM_DATA_DIR", raising=False)
+    monkeypatch.delenv("MINI_LLM_KERNELS", raising=False)
+    from mini_llm import ops
+
+    ops.set_kernels("torch")
+    yield
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small text file: a few kB of Shakespeare-like lines."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(CORPUS * 30)
+    return path
