@@ -1,0 +1,59 @@
+"""Autoregressive sampling with a static, pre-allocated KV cache.
+
+The prompt is encoded once (prefill); each later step feeds only the newest token, whose
+keys and values are written into the cache in place, so a step costs O(T) rather than O(T^2)
+and allocates nothing that grows.
+
+Sliding window: the model has learned `block_size` positions and no more. When the cache is
+full, the newest block_size // 2 tokens are re-encoded from position 0 and sampling goes on,
+so any number of tokens can be generated; each token then sees at least block_size // 2 and
+at most block_size tokens of context. A prompt longer than block_size keeps only its end.
+"""
+
+import torch
+
+from .errors import ConfigError
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """Draw one token per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    """idx: (B, T) prompt ids. Returns (B, T + max_new_tokens)."""
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ConfigError(f"the prompt must be (batch, length >= 1) token ids, got {tuple(idx.shape)}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if max_new_tokens < 0:
+        raise ConfigError(f"the number of new tokens must be >= 0, got {max_new_tokens}")
+    block = model.config.block_size
+    cache = model.new_cache(idx.size(0))
+    window = idx[:, -block:]
+    logits, _ = model(window, cache=cache, start=0)  # prefill
+    pos = window.size(1)  # positions filled in the cache
+    tokens = [idx]
+    for step in range(max_new_tokens):
+        next_id = sample_next(logits[:, -1], temperature, top_k, generator)  # (B, 1)
+        tokens.append(next_id)
+        if step == max_new_tokens - 1:
+            break
+        if pos < block:
+            logits, _ = model(next_id, cache=cache, start=pos)
+            pos += 1
+        else:  # window full: slide it
+            window = torch.cat(tokens, dim=1)[:, -max(1, block // 2):]
+            logits, _ = model(window, cache=cache, start=0)
+            pos = window.size(1)
+    return torch.cat(tokens, dim=1)

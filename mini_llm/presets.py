@@ -1,0 +1,32 @@
+"""Named configurations: a model shape plus the training settings that go with it.
+
+`shakespeare-char` and `shakespeare-char-cpu` are nanoGPT's baby GPT and its CPU variant
+(config/train_shakespeare_char.py and the CPU command in nanoGPT's README), so results can be
+compared with its published figures (val loss 1.4697 and about 1.88).
+"""
+
+from .errors import ConfigError
+
+PRESETS = {
+    "shakespeare-char": {
+        "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
+        "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                      beta2=0.99, eval_interval=250, eval_iters=200),
+    },
+    "shakespeare-char-cpu": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+        "train": dict(batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                      beta2=0.99, eval_interval=250, eval_iters=20),
+    },
+    "tiny": {  # for tests and smoke runs: seconds on a CPU
+        "model": dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0),
+        "train": dict(batch_size=4, max_iters=20, lr=1e-3, min_lr=1e-4, warmup_iters=5,
+                      beta2=0.99, eval_interval=10, eval_iters=2),
+    },
+}
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
