@@ -1,0 +1,96 @@
+"""Checkpoints: one safetensors file holding the weights, the optimizer state and, as JSON
+metadata, the model config, the tokenizer and where training stopped.
+
+safetensors stores raw tensors and strings only, so loading a checkpoint never runs code from
+it (a pickle, as torch.save writes, can). The file is written beside its final name and
+renamed into place, so a run killed mid-save leaves the previous checkpoint intact.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+
+from .data import CharTokenizer, atomic_write_bytes
+from .errors import CheckpointError, ConfigError
+from .model import GPT, GPTConfig
+
+FORMAT = "mini-llm/1"
+FILE_NAME = "ckpt.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    model_state: dict
+    optimizer_state: dict | None
+    meta: dict  # model_config, tokenizer, iter, train_config
+
+    @property
+    def config(self):
+        return GPTConfig.from_dict(self.meta["model_config"])
+
+    @property
+    def tokenizer(self):
+        return CharTokenizer(self.meta["tokenizer"]["chars"])
+
+
+def save_checkpoint(path, model, optimizer, meta):
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    scalars = {}  # optimizer state that is not a tensor, by parameter index
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        for index, state in opt["state"].items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+    metadata = {"format": FORMAT, "meta": json.dumps(meta)}
+    if optimizer is not None:
+        metadata["optim_groups"] = json.dumps(opt["param_groups"])
+        metadata["optim_scalars"] = json.dumps(scalars)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+def resolve_path(path):
+    """Accept the checkpoint file or the run folder that holds it."""
+    path = Path(path)
+    return path / FILE_NAME if path.is_dir() else path
+
+
+def load_checkpoint(path):
+    path = resolve_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own errors for corrupt or truncated files
+        raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mini-llm checkpoint (format {metadata.get('format')!r})")
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    optimizer_state = None
+    if "optim_groups" in metadata:
+        state = {int(i): dict(s) for i, s in json.loads(metadata["optim_scalars"]).items()}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer_state = {"state": state, "param_groups": json.loads(metadata["optim_groups"])}
+    return Checkpoint(model_state, optimizer_state, json.loads(metadata["meta"]))
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model of a checkpoint; returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    try:
+        model = GPT(ckpt.config)
+        model.load_state_dict(ckpt.model_state)
+    except (ConfigError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{resolve_path(path)} does not match its own model config: {e}") from None
+    return model.to(device).eval(), ckpt

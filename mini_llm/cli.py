@@ -1,0 +1,155 @@
+"""The `mini-llm` command.
+
+    mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
+    mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
+    mini-llm plot RUN [RUN ...] [-o PNG]
+
+Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
+printed as one line and exit with status 2.
+"""
+
+import argparse
+import dataclasses
+import sys
+import time
+import types
+
+import torch
+
+from . import ops
+from .errors import MiniLLMError
+from .model import CHOICES, GPTConfig
+from .presets import PRESETS, get_preset
+from .train import RESUME_MAY_CHANGE, TrainConfig, resolve_device, seeded, train
+
+HELP = {
+    "out": "run folder (default: out/<preset>)",
+    "data": "a UTF-8 text file to train on (default: Tiny Shakespeare, found or downloaded)",
+    "kernels": "backends for the ops, e.g. torch, reference, triton, auto or "
+               "attention=cuda,layer_norm=triton (default: $MINI_LLM_KERNELS, else torch)",
+    "device": "auto, cpu or cuda", "dtype": "auto, float32 or bfloat16 (autocast)",
+    "compile": "torch.compile the model", "grad_accum": "micro-batches per optimizer step",
+    "sample_tokens": "characters to sample at the end (0: none)",
+}
+
+
+def add_dataclass_flags(parser, cls, skip=()):
+    """One --flag per dataclass field; default None, so what the user gave can be told apart."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = f.type.__args__[0] if isinstance(f.type, types.UnionType) else f.type
+        extra = {"choices": CHOICES[f.name]} if f.name in CHOICES else {}
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=HELP.get(f.name))
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=HELP.get(f.name), **extra)
+
+
+def given(args, cls, skip=()):
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and getattr(args, f.name) is not None}
+
+
+def cmd_train(args):
+    preset_name = args.preset or ("shakespeare-char" if torch.cuda.is_available()
+                                  else "shakespeare-char-cpu")
+    preset = get_preset(preset_name)
+    train_given = given(args, TrainConfig)
+    if args.resume:
+        if not args.out:
+            raise MiniLLMError("--resume needs --out, the run folder to continue")
+        changed = sorted(set(train_given) - set(RESUME_MAY_CHANGE))
+        if changed or given(args, GPTConfig, skip=("vocab_size",)):
+            raise MiniLLMError("--resume continues with the checkpoint's settings; only "
+                               f"{', '.join(RESUME_MAY_CHANGE)} may change (got {changed or 'model flags'})")
+    cfg = TrainConfig(**{"out": f"out/{preset_name}", **preset["train"], **train_given})
+    model = {**preset["model"], **given(args, GPTConfig, skip=("vocab_size",))}
+    train(model, cfg, resume=args.resume)
+
+
+def cmd_sample(args):
+    from .checkpoint import load_model
+    from .generate import generate
+
+    ops.set_kernels(args.kernels)
+    device, _, _ = resolve_device(args.device, "float32")
+    model, ckpt = load_model(args.run, device)
+    tokenizer = ckpt.tokenizer
+    prompt = tokenizer.encode(args.prompt)  # raises on characters the model never saw
+    if len(prompt) > model.config.block_size:
+        print(f"note: the prompt is longer than the context ({model.config.block_size}); "
+              "only its end is seen", file=sys.stderr)
+    if args.num_samples < 1:
+        raise MiniLLMError(f"--num-samples must be >= 1, got {args.num_samples}")
+    idx = torch.tensor([prompt] * args.num_samples, device=device)
+    generator = seeded(args.seed, "sample") if device == "cpu" else None
+    if generator is None:
+        torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    out = generate(model, idx, args.num_tokens, args.temperature, args.top_k, generator)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    for row in out.tolist():
+        print(tokenizer.decode(row))
+        print("-" * 40)
+    n = args.num_tokens * args.num_samples
+    print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device}", file=sys.stderr)
+
+
+def cmd_plot(args):
+    from .plot import plot_runs
+
+    plot_runs(args.runs, args.output)
+    print(f"wrote {args.output}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mini-llm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the mini-LLM (default: Tiny Shakespeare, by characters)")
+    p.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: shakespeare-char on a GPU, "
+                   "shakespeare-char-cpu otherwise)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    add_dataclass_flags(p, TrainConfig)
+    add_dataclass_flags(p, GPTConfig, skip=("vocab_size",))
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained model")
+    p.add_argument("run", help="a run folder or its ckpt.safetensors")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--num-tokens", "-n", type=int, default=500)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--kernels", help=HELP["kernels"])
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
+    p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
+    p.add_argument("-o", "--output", default="loss.png")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MiniLLMError as e:
+        print(f"mini-llm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mini-llm: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Data: find or download a text, encode it as characters, and serve random training windows.
+
+Where the text comes from, first match wins:
+  1. an explicit path (`--data PATH`): any UTF-8 text file, used as is;
+  2. $MINI_LLM_DATA_DIR/<file name>: a folder of local copies (CI points it at ../shared/data);
+  3. the cache, $MINI_LLM_CACHE_DIR or ~/.cache/mini_llm: downloaded earlier, sha256 checked;
+  4. a download from the canonical URL, checked against its sha256 before it enters the cache.
+
+Encoded ids are written once as uint16 arrays (train.bin, val.bin) and memory-mapped, so a
+large corpus never has to fit in memory and every run after the first starts at once.
+"""
+
+import hashlib
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    url: str
+    sha256: str
+
+
+TINY_SHAKESPEARE = RemoteFile(
+    "tinyshakespeare.txt",
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+)
+
+DATA_DIR_VAR = "MINI_LLM_DATA_DIR"
+CACHE_DIR_VAR = "MINI_LLM_CACHE_DIR"
+HOW_TO_POINT = f"pass --data PATH, or set {DATA_DIR_VAR} to a folder holding"
+
+
+def cache_dir():
+    return Path(os.environ.get(CACHE_DIR_VAR) or Path.home() / ".cache" / "mini_llm")
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path, data):
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fetch(remote, path=None):
+    """Return a local path to `remote`'s file, downloading it into the cache if need be."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise DataError(f"data file {path} does not exist")
+        return Path(path)
+    if os.environ.get(DATA_DIR_VAR):
+        local = Path(os.environ[DATA_DIR_VAR]) / remote.name
+        if not local.is_file():
+            raise DataError(f"{DATA_DIR_VAR}={os.environ[DATA_DIR_VAR]} has no {remote.name}")
+        return local
+    cached = cache_dir() / remote.name
+    if cached.is_file() and sha256_of(cached) == remote.sha256:
+        return cached
+    try:
+        with urllib.request.urlopen(remote.url, timeout=30) as response:
+            payload = response.read()
+    except OSError as e:
+        raise DataError(
+            f"could not download {remote.name} from {remote.url} ({getattr(e, 'reason', e)}); "
+            f"{HOW_TO_POINT} {remote.name}"
+        ) from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != remote.sha256:
+        raise DataError(f"{remote.url} sent a file with sha256 {digest}, expected {remote.sha256}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cached, payload)
+    return cached
+
+
+class CharTokenizer:
+    """One token per distinct character of the training text, ids in sorted order."""
+
+    def __init__(self, chars):
+        self.chars = "".join(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            raise DataError(
+                f"characters not in the vocabulary: {''.join(unknown)!r} "
+                f"(the model knows {self.vocab_size}: {self.chars!r})"
+            )
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+@dataclass
+class TokenDataset:
+    train: np.ndarray  # uint16 memmap of token ids
+    val: np.ndarray
+    tokenizer: CharTokenizer
+
+
+def prepare_char_dataset(text_path, val_fraction=0.1):
+    """Encode a text as characters; first 90% train, last 10% validation (as nanoGPT)."""
+    raw = Path(text_path).read_bytes()
+    folder = cache_dir() / "prepared" / hashlib.sha256(raw).hexdigest()[:16]
+    vocab_file = folder / "vocab.json"
+    if not vocab_file.is_file():
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{text_path} is not UTF-8 text ({e})") from None
+        if len(text) < 100:
+            raise DataError(f"{text_path} is too short to train on ({len(text)} characters)")
+        tok = CharTokenizer(sorted(set(text)))
+        if tok.vocab_size > np.iinfo(np.uint16).max:
+            raise DataError(f"{text_path} has {tok.vocab_size} distinct characters, over 65535")
+        ids = np.array(tok.encode(text), dtype=np.uint16)
+        n_train = int(len(ids) * (1 - val_fraction))
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "train.bin", ids[:n_train].tobytes())
+        atomic_write_bytes(folder / "val.bin", ids[n_train:].tobytes())
+        atomic_write_bytes(vocab_file, json.dumps({"chars": tok.chars}).encode())  # last: marks done
+    tok = CharTokenizer(json.loads(vocab_file.read_text())["chars"])
+    train = np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")
+    val = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
+    return TokenDataset(train, val, tok)
+
+
+def get_batch(ids, batch_size, block_size, generator):
+    """Random windows: x (B, T) and y (B, T), y being x shifted left by one token."""
+    if len(ids) <= block_size:
+        raise DataError(f"the split has {len(ids)} tokens, fewer than block_size + 1")
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.from_numpy(np.stack([ids[i : i + block_size] for i in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([ids[i + 1 : i + 1 + block_size] for i in starts]).astype(np.int64))
+    return x, y

@@ -1,0 +1,41 @@
+"""Loss curves from one or more run folders' metrics.jsonl, as a PNG."""
+
+import json
+from pathlib import Path
+
+from .errors import DataError
+
+
+def read_metrics(run_dir):
+    """The records of run_dir/metrics.jsonl ([] if there is none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_runs(run_dirs, out_png):
+    """Training loss (thin) and validation loss (markers) per run, on shared axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run_dir in run_dirs:
+        records = read_metrics(run_dir)
+        if not records:
+            raise DataError(f"{run_dir} has no metrics.jsonl to plot")
+        name = Path(run_dir).name
+        steps = [r for r in records if r["kind"] == "train"]
+        evals = [r for r in records if r["kind"] == "eval"]
+        line, = ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,
+                        label=f"{name} train (batch)")
+        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-",
+                color=line.get_color(), label=f"{name} val")
+    ax.set(xlabel="iteration", ylabel="cross-entropy loss (nats/token)", title="loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""Training runs, checkpoints and the command line, on a tiny model and a tiny text."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mini_llm import checkpoint as ckpt_module
+from mini_llm.checkpoint import load_checkpoint, load_model
+from mini_llm.cli import main
+from mini_llm.errors import CheckpointError, ConfigError
+from mini_llm.train import TrainConfig, train
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)  # dropout: RNG in play
+
+
+def run(corpus, out, max_iters, resume=False):
+    cfg = TrainConfig(out=str(out), data=str(corpus), batch_size=4, grad_accum=2, max_iters=max_iters,
+                      lr_decay_iters=12, warmup_iters=3, eval_interval=4, eval_iters=2, log_interval=1,
+                      sample_tokens=0)
+    return train(TINY, cfg, resume=resume)
+
+
+def losses(out):
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["kind"], r["iter"], r.get("loss"), r.get("val_loss")) for r in records]
+
+
+def test_resume_reproduces_an_uninterrupted_run(corpus, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run(corpus, whole, 12)
+    run(corpus, split, 8)
+    first_half = losses(split)
+    run(corpus, split, 12, resume=True)
+    assert losses(split) == losses(whole)  # bit for bit, evaluations included
+    assert losses(split)[: len(first_half)] == first_half
+    a, b = load_checkpoint(whole / "ckpt.safetensors"), load_checkpoint(split / "ckpt.safetensors")
+    assert a.meta["iter"] == b.meta["iter"] == 12
+    for k in a.model_state:
+        assert torch.equal(a.model_state[k], b.model_state[k]), k
+    for out in (whole, split):
+        assert {"ckpt.safetensors", "metrics.jsonl", "summary.json", "loss.png"} <= set(os.listdir(out))
+
+
+def test_checkpoint_round_trip_and_damage(corpus, tmp_path):
+    out = tmp_path / "run"
+    run(corpus, out, 4)
+    path = out / "ckpt.safetensors"
+    model, ckpt = load_model(out)
+    assert ckpt.optimizer_state["state"] and ckpt.meta["iter"] == 4
+    assert ckpt.tokenizer.chars == "".join(sorted(set(corpus.read_text())))
+    raw = path.read_bytes()
+    for name, damaged in (("truncated", raw[: len(raw) // 2]), ("garbage", b"\x00" * 64),
+                          ("empty", b"")):
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+            load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_a_save_killed_midway_leaves_the_old_checkpoint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(corpus, out, 4)
+    before = (out / "ckpt.safetensors").read_bytes()
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # as if the process died between writing and renaming
+
+    monkeypatch.setattr(ckpt_module.os if hasattr(ckpt_module, "os") else os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, out, 8, resume=True)
+    assert (out / "ckpt.safetensors").read_bytes() == before
+
+
+def test_existing_run_is_never_overwritten(corpus, tmp_path):
+    out = tmp_path / "run"
+    run(corpus, out, 4)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match="exists: pass --resume"):
+        run(corpus, out, 4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_train_then_sample(corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+                 "--max-iters", "6", "--sample-tokens", "20", "--norm", "rmsnorm", "--pos", "rope"]) == 0
+    printed = capsys.readouterr().out
+    assert "val loss" in printed and "sample:" in printed
+    assert load_checkpoint(out).config.pos == "rope"
+    assert main(["sample", str(out), "--prompt", "All:", "-n", "15", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("All:") and "tokens/s" in captured.err
+
+
+@pytest.fixture
+def trained(corpus, tmp_path):
+    out = tmp_path / "trained"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+                 "--max-iters", "2", "--sample-tokens", "0"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--preset", "tiny", "--n-embd", "30", "--n-head", "4"], "must be divisible by n_head"),
+    (["train", "--preset", "huge"], "unknown preset 'huge'; presets: shakespeare-char"),
+    (["train", "--preset", "tiny", "--kernels", "attention=magic"], "unknown backend 'magic'"),
+    (["sample", "{run}", "--prompt", "Zebra#"], "characters not in the vocabulary: '#Zb'"),
+    (["sample", "{run}/../nothing"], "no checkpoint at"),
+    (["train", "--out", "{run}", "--resume", "--lr", "1"], "may change (got ['lr'])"),
+])
+def test_bad_input_is_one_line_and_status_2(argv, message, trained, capsys):
+    argv = [a.replace("{run}", str(trained)) for a in argv]
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mini-llm: error: ") and message in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_corrupt_checkpoint_through_the_real_command(trained):
+    (trained / "ckpt.safetensors").write_bytes(b"not a checkpoint at all")
+    result = subprocess.run([sys.executable, "-m", "mini_llm.cli", "sample", str(trained)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
