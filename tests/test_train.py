@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from mini_llm import checkpoint as ckpt_module
 from mini_llm.checkpoint import load_checkpoint, load_model
 from mini_llm.cli import main
 from mini_llm.errors import CheckpointError, ConfigError
@@ -71,10 +70,11 @@ def test_a_save_killed_midway_leaves_the_old_checkpoint(corpus, tmp_path, monkey
     def killed(src, dst):
         raise KeyboardInterrupt  # as if the process died between writing and renaming
 
-    monkeypatch.setattr(ckpt_module.os if hasattr(ckpt_module, "os") else os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         run(corpus, out, 8, resume=True)
     assert (out / "ckpt.safetensors").read_bytes() == before
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
 def test_existing_run_is_never_overwritten(corpus, tmp_path):
