@@ -187,7 +187,7 @@ def train(model_overrides, cfg, resume=False):
     t_start = time.perf_counter()
     it = start
     while True:
-        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+        if it % cfg.eval_interval == 0 or it in (start, cfg.max_iters):
             losses = estimate_loss(model, splits, cfg, config.block_size, device, autocast)
             log({"kind": "eval", "iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
             tqdm.write(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")

@@ -44,6 +44,16 @@ def test_resume_reproduces_an_uninterrupted_run(corpus, tmp_path):
         assert {"ckpt.safetensors", "metrics.jsonl", "summary.json", "loss.png"} <= set(os.listdir(out))
 
 
+def test_a_finished_run_can_be_extended(corpus, tmp_path):
+    out = tmp_path / "run"
+    run(corpus, out, 6)  # ends between two evaluations (every 4)
+    run(corpus, out, 9, resume=True)
+    evals = [it for kind, it, _, _ in losses(out) if kind == "eval"]
+    trains = [it for kind, it, _, _ in losses(out) if kind == "train"]
+    assert evals == [0, 4, 6, 8, 9] and trains == list(range(1, 10))
+    assert load_checkpoint(out).meta["iter"] == 9
+
+
 def test_checkpoint_round_trip_and_damage(corpus, tmp_path):
     out = tmp_path / "run"
     run(corpus, out, 4)
