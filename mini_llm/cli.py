@@ -100,6 +100,12 @@ def cmd_sample(args):
     print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device}", file=sys.stderr)
 
 
+def cmd_bench(args):
+    from .bench.suite import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_plot(args):
     from .plot import plot_runs
 
@@ -131,6 +137,12 @@ def build_parser():
     p.add_argument("--kernels", help=HELP["kernels"])
     p.set_defaults(func=cmd_sample)
 
+    p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
+    from .bench.suite import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
     p.add_argument("-o", "--output", default="loss.png")
@@ -141,14 +153,14 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args) or 0
     except MiniLLMError as e:
         print(f"mini-llm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mini-llm: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

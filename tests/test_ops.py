@@ -123,8 +123,8 @@ def test_backends_are_switched_by_the_context_manager(monkeypatch):
 def test_bare_backend_applies_to_every_op():
     with ops.use_kernels("reference") as choice:
         assert set(choice.values()) == {"reference"}
-    assert ops.registry.parse("reference,attention=torch")["attention"] == "torch"
-    assert set(ops.registry.parse("auto").values()) == {"torch"}  # nothing faster runs on a CPU
+    assert ops.parse("reference,attention=torch")["attention"] == "torch"
+    assert set(ops.parse("auto").values()) == {"torch"}  # nothing faster runs on a CPU
 
 
 @pytest.mark.parametrize("spec,message", [

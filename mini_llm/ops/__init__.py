@@ -13,9 +13,11 @@ from .registry import (
     BACKENDS,
     describe,
     implemented,
+    implementation,
     op_names,
     register,
     selection,
+    parse,
     set_kernels,
     unavailable_reason,
     use_kernels,
@@ -54,7 +56,7 @@ def cross_entropy(logits, targets, ignore_index=-1):
 
 
 __all__ = [
-    "BACKENDS", "attention", "cross_entropy", "describe", "gelu", "implemented", "layer_norm",
-    "op_names", "register", "rms_norm", "selection", "set_kernels", "silu", "unavailable_reason",
+    "BACKENDS", "attention", "cross_entropy", "describe", "gelu", "implementation", "implemented", "layer_norm",
+    "op_names", "parse", "register", "rms_norm", "selection", "set_kernels", "silu", "unavailable_reason",
     "use_kernels",
 ]

@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import os
 
+from .. import nvtx
 from ..errors import KernelSelectionError
 
 BACKENDS = ("reference", "torch", "triton", "cuda")
@@ -134,8 +135,16 @@ def use_kernels(spec):
         _selected = previous
 
 
+def implementation(op, backend):
+    """The callable of one backend, whatever is selected (the bench and tests compare them)."""
+    return _impls[op][backend]
+
+
 def get(op):
-    return _impls[op][selection()[op]]
+    """The selected backend's callable for `op` (inside an NVTX range "op[backend]" if on)."""
+    backend = selection()[op]
+    fn = _impls[op][backend]
+    return nvtx.traced(f"{op}[{backend}]", fn) if nvtx.enabled() else fn
 
 
 def describe(choice=None):

@@ -1,0 +1,100 @@
+"""End-to-end rows for one kernel set: training throughput and MFU, decode tokens/s with and
+without the KV cache, peak memory.
+
+MFU (model FLOPs utilisation) = the FLOPs a training token needs x tokens/s / the measured
+matmul ceiling. FLOPs per token: 6N for the weight matmuls (2N forward, 4N backward, N the
+non-embedding parameters) plus 12 L T C for attention's two T x T matmuls (forward and backward):
+the formula of PaLM's appendix B, also nanoGPT's.
+"""
+
+import contextlib
+import time
+
+import torch
+
+from mini_llm import nvtx, ops
+from mini_llm.generate import generate
+from mini_llm.model import GPT, GPTConfig
+from mini_llm.optim import AdamW
+from mini_llm.presets import get_preset
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, repeats):
+    _synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _synchronize(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def training_flops_per_token(model):
+    c = model.config
+    return 6 * model.num_params() + 12 * c.n_layer * c.block_size * c.n_embd
+
+
+def run_e2e(preset_name, kernels, device, limits, train_steps=10):
+    preset = get_preset(preset_name)
+    config = GPTConfig(vocab_size=65, **preset["model"])
+    B, T = preset["train"]["batch_size"], config.block_size
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, 65, (B, T), generator=g).to(device) for _ in range(2))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    rows = []
+
+    def row(what, value, unit, detail):
+        rows.append({"kernels": kernels, "preset": preset_name, "what": what, "value": value,
+                     "unit": unit, "detail": detail})
+
+    with ops.use_kernels(kernels):
+        torch.manual_seed(0)
+        model = GPT(config).to(device)
+        optimizer = AdamW(model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.99))
+
+        def train_step():
+            with autocast:
+                _, loss = model(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        for _ in range(3):  # warm-up: allocator, kernel selection, autotuning
+            train_step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        with nvtx.range(f"e2e train {kernels}"):
+            seconds = _timed(train_step, device, train_steps)
+        tokens_s = B * T / seconds
+        mfu = training_flops_per_token(model) * tokens_s / (limits["matmul_tflop_s"] * 1e12)
+        detail = f"batch {B} x {T}, {model.num_params() / 1e6:.2f}M params, {seconds * 1e3:.1f} ms/step"
+        row("train throughput", tokens_s, "tokens/s", detail)
+        row("train MFU", 100 * mfu, "%", f"vs the measured {limits['matmul']} matmul ceiling")
+        if device.type == "cuda":
+            row("train peak memory", torch.cuda.max_memory_allocated() / 2**20, "MiB", "max_memory_allocated")
+
+        model.eval()
+        prompt = x[:1, :1]
+        new = T - 1  # fill the context exactly: no sliding window in either path
+
+        def decode_cached():
+            generate(model, prompt, new, temperature=0)
+
+        def decode_uncached():  # every step re-reads the whole context: O(T^2) work in total
+            idx = prompt
+            with torch.no_grad():
+                for _ in range(new):
+                    logits, _ = model(idx)
+                    idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+
+        for name, fn in (("decode, KV cache", decode_cached), ("decode, no cache", decode_uncached)):
+            fn()  # warm-up
+            with nvtx.range(f"e2e {name} {kernels}"):
+                seconds = _timed(fn, device, 3)
+            row(name, new / seconds, "tokens/s", f"batch 1, {new} tokens after a 1-token prompt, greedy")
+    return rows

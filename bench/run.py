@@ -1,0 +1,157 @@
+"""The op benchmark: every op x backend x shape x dtype x pass, validated, then timed.
+
+For each case, every backend is first checked against the reference computed in float64 on the
+same inputs (outputs, and input gradients for the fwd+bwd pass), then timed; a wrong result is
+reported as failed and still timed, never hidden. Rows carry the achieved GB/s and TFLOP/s,
+their share of the device's measured limits, and the speed-up over the `torch` backend measured
+in the same run. A backend that cannot run here, or that has no implementation of an op, is
+one skipped row with the reason.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from mini_llm import nvtx, ops
+from mini_llm.errors import ConfigError
+
+from .specs import SPECS, cases
+from .timing import median_ms
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}  # relative, vs float64
+PASSES = ("fwd", "fwd+bwd")
+REFERENCE_BUDGET = 2 << 30  # bytes a float64 reference may take; beyond, check against torch fp32
+
+
+@dataclass
+class Row:
+    op: str
+    backend: str
+    shape: str = ""
+    dtype: str = ""
+    pass_: str = ""
+    status: str = "ok"  # ok | FAILED | skipped
+    reason: str = ""  # why skipped, or what the check compared against
+    rel_err: float = math.nan
+    max_abs_err: float = math.nan
+    tolerance: float = math.nan
+    ms: float = math.nan
+    bytes: int = 0
+    flops: int = 0
+    gb_s: float = math.nan
+    tflop_s: float = math.nan
+    pct_bandwidth: float = math.nan
+    pct_matmul: float = math.nan
+    speedup_vs_torch: float = math.nan
+
+
+def parse_list(text, known, what):
+    """'a,b' -> ['a', 'b'], every name checked against `known`."""
+    if not text:
+        return list(known)
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    return names
+
+
+def _forward_backward(spec, fn, inputs, dims, grad_out):
+    out = spec.call(fn, inputs, dims)
+    differentiable = [x for x in inputs if x.is_floating_point()]
+    return (out, *torch.autograd.grad(out, differentiable, grad_out))
+
+
+def _reference_fits(spec, dims):
+    if spec.name != "attention":
+        return True
+    return dims["B"] * dims["nh"] * dims["T"] ** 2 * 8 * 3 < REFERENCE_BUDGET  # scores, probs, grad
+
+
+def check(spec, backend_fn, inputs, dims, pass_, grad_out):
+    """(relative error, max abs error, what it was compared with) over output and gradients."""
+    if _reference_fits(spec, dims):
+        expected_fn, ref_dtype, against = ops.implementation(spec.name, "reference"), torch.float64, "reference fp64"
+    else:  # the float64 reference would not fit in memory: PyTorch's own op in float32
+        expected_fn, ref_dtype, against = ops.implementation(spec.name, "torch"), torch.float32, "torch fp32"
+    ref_inputs = [x.detach().to(ref_dtype).requires_grad_() if x.is_floating_point() else x for x in inputs]
+    live = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
+    if pass_ == "fwd":
+        with torch.no_grad():
+            got, want = [spec.call(backend_fn, live, dims)], [spec.call(expected_fn, ref_inputs, dims)]
+    else:
+        got = _forward_backward(spec, backend_fn, live, dims, grad_out.to(inputs[0].dtype))
+        want = _forward_backward(spec, expected_fn, ref_inputs, dims, grad_out.to(ref_dtype))
+    rel, max_abs = 0.0, 0.0
+    for g, w in zip(got, want):
+        g, w = g.detach().double(), w.detach().double()
+        diff = (g - w).norm().item()
+        rel = max(rel, diff / max(w.norm().item(), 1e-30)) if torch.isfinite(g).all() else math.inf
+        max_abs = max(max_abs, (g - w).abs().max().item())
+    return rel, max_abs, against
+
+
+def measure(spec, case, backend, dtype_name, pass_, device, limits, generator_seed=0):
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(generator_seed)
+    inputs = spec.make(case.dims, dtype, device, g)
+    fn = ops.implementation(spec.name, backend)
+    with torch.no_grad():
+        out_shape = spec.call(fn, inputs, case.dims).shape
+    grad_out = torch.randn(out_shape, generator=g).to(device)
+    row = Row(spec.name, backend, case.label, dtype_name, pass_, tolerance=TOLERANCE[dtype_name])
+    row.rel_err, row.max_abs_err, row.reason = check(spec, fn, inputs, case.dims, pass_, grad_out)
+    row.status = "ok" if row.rel_err <= row.tolerance else "FAILED"
+
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                spec.call(fn, inputs, case.dims)
+    else:
+        live = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
+        grad = grad_out.to(dtype)
+
+        def step():
+            _forward_backward(spec, fn, live, case.dims, grad)
+
+    with nvtx.range(f"bench {spec.name}[{backend}] {case.label} {dtype_name} {pass_}"):
+        row.ms = median_ms(step, device)
+    backward = pass_ == "fwd+bwd"
+    row.bytes = spec.bytes(case.dims, torch.empty((), dtype=dtype).element_size(), backward)
+    row.flops = spec.flops(case.dims, backward)
+    row.gb_s = row.bytes / row.ms / 1e6
+    row.tflop_s = row.flops / row.ms / 1e9
+    row.pct_bandwidth = 100 * row.gb_s / limits["copy_gb_s"]
+    row.pct_matmul = 100 * row.tflop_s / limits["matmul_tflop_s"]
+    return row
+
+
+def run_ops(op_names, backends, dtypes, shape_set, passes, device, limits, progress=None):
+    rows = []
+    for op in op_names:
+        spec = SPECS[op]
+        runnable = []
+        for backend in backends:
+            if reason := ops.unavailable_reason(backend):
+                rows.append(Row(op, backend, status="skipped", reason=reason))
+            elif backend not in ops.implemented(op):
+                rows.append(Row(op, backend, status="skipped", reason=f"no {backend} implementation of {op} yet"))
+            else:
+                runnable.append(backend)
+        for case in cases(op, shape_set):
+            for dtype_name in dtypes:
+                for pass_ in passes:
+                    measured = [measure(spec, case, b, dtype_name, pass_, device, limits) for b in runnable]
+                    torch_ms = next((r.ms for r in measured if r.backend == "torch"), math.nan)
+                    for r in measured:
+                        r.speedup_vs_torch = torch_ms / r.ms
+                    rows.extend(measured)
+                    if progress:
+                        progress()
+    return rows
+
+
+def count_steps(op_names, shape_set, dtypes, passes):
+    return sum(len(SPECS[op].shapes[shape_set]) for op in op_names) * len(dtypes) * len(passes)

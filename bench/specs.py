@@ -1,0 +1,145 @@
+"""What each op costs at least: inputs, shapes, the fewest bytes it must move and the flops it
+must do. Achieved GB/s and TFLOP/s in every row are these counts over the measured time.
+
+Bytes count each input read once and each output written once (the floor a perfect kernel
+reaches); flops count multiply-adds as 2. The backward adds its own reads and writes: e.g. a
+norm's backward reads x and dy and writes dx (3 tensors of the input's size).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    label: str  # the shape as a person reads it, e.g. "B4 nh6 T256 hs64 causal"
+    dims: dict = field(hash=False)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    make: callable  # (dims, dtype, device, generator) -> tuple of input tensors
+    call: callable  # (fn, inputs, dims) -> output tensor
+    bytes: callable  # (dims, element size, backward: bool) -> int
+    flops: callable  # (dims, backward: bool) -> int
+    shapes: dict  # "quick" / "full" -> list of dims
+
+
+def rand(shape, dtype, device, generator, scale=1.0):
+    # Drawn on the CPU with a seeded generator, so every backend and device sees the same values.
+    return (torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(device, dtype)
+
+
+def _norm(with_bias):
+    def make(d, dtype, device, g):
+        x = rand((d["rows"], d["cols"]), dtype, device, g, scale=2.0) + 0.5
+        w = rand((d["cols"],), dtype, device, g) * 0.5 + 1.0
+        return (x, w, rand((d["cols"],), dtype, device, g)) if with_bias else (x, w)
+
+    def nbytes(d, s, backward):
+        params = 2 if with_bias else 1
+        fwd = (2 * d["rows"] * d["cols"] + params * d["cols"]) * s  # read x, w[, b]; write y
+        bwd = (3 * d["rows"] * d["cols"] + 2 * params * d["cols"]) * s  # x, dy -> dx; dw[, db]
+        return fwd + (bwd if backward else 0)
+
+    def flops(d, backward):  # ~8 per element forward (mean, variance, scale, shift), ~2x back
+        return 8 * d["rows"] * d["cols"] * (3 if backward else 1)
+
+    return make, nbytes, flops
+
+
+def _attention_make(d, dtype, device, g):
+    shape = (d["B"], d["nh"], d["T"], d["hs"])
+    return tuple(rand(shape, dtype, device, g) for _ in range(3))
+
+
+def _attention_bytes(d, s, backward):
+    qkvo = d["B"] * d["nh"] * d["T"] * d["hs"] * s
+    # forward: read q, k, v, write o. backward: read q, k, v, o, do; write dq, dk, dv.
+    return 4 * qkvo + (8 * qkvo if backward else 0)
+
+
+def _attention_flops(d, backward):
+    # q k^T and p v: 2 matmuls of 2 * T * T * hs each; causal skips half. The backward does
+    # 5 such matmuls (recomputing p), so forward + backward = 3.5x the forward.
+    fwd = 4 * d["B"] * d["nh"] * d["T"] ** 2 * d["hs"] * (0.5 if d["causal"] else 1.0)
+    return int(fwd * (3.5 if backward else 1.0))
+
+
+def _pointwise_make(d, dtype, device, g):
+    return (rand((d["n"],), dtype, device, g, scale=3.0),)
+
+
+def _pointwise_bytes(d, s, backward):
+    return (2 + (3 if backward else 0)) * d["n"] * s  # x -> y; then x, dy -> dx
+
+
+def _cross_entropy_make(d, dtype, device, g):
+    logits = rand((d["rows"], d["vocab"]), dtype, device, g, scale=3.0)
+    targets = torch.randint(0, d["vocab"], (d["rows"],), generator=g).to(device)
+    return logits, targets
+
+
+def _cross_entropy_bytes(d, s, backward):
+    logits = d["rows"] * d["vocab"] * s
+    return logits + 8 * d["rows"] + (2 * logits if backward else 0)  # + int64 targets; dlogits
+
+
+def _label_norm(d):
+    return f"{d['rows']}x{d['cols']}"
+
+
+def _label_attention(d):
+    return f"B{d['B']} nh{d['nh']} T{d['T']} hs{d['hs']}{' causal' if d['causal'] else ''}"
+
+
+def _attn(B, nh, T, hs, causal=True):
+    return dict(B=B, nh=nh, T=T, hs=hs, causal=causal)
+
+
+# quick: model-sized and odd shapes, seconds each even on a CPU. full: the sizes the kernel
+# issues set targets at (16384 x 4096 norms, attention at 2k-16k), meant for a GPU.
+_norm_shapes = {
+    "quick": [dict(rows=16384, cols=384), dict(rows=1000, cols=1001)],
+    "full": [dict(rows=16384, cols=384), dict(rows=16384, cols=4096), dict(rows=4096, cols=8192),
+             dict(rows=1000, cols=1001)],
+}
+_attention_shapes = {
+    "quick": [_attn(8, 6, 256, 64), _attn(2, 4, 200, 32, causal=False)],
+    "full": [_attn(B, 16, T, hs, causal) for hs in (64, 128) for causal in (True, False)
+             for B, T in ((8, 2048), (4, 4096), (2, 8192), (1, 16384))],
+}
+_pointwise_shapes = {"quick": [dict(n=16384 * 1536)], "full": [dict(n=16384 * 1536), dict(n=1 << 28)]}
+
+_layer_norm, _rms_norm = _norm(with_bias=True), _norm(with_bias=False)
+
+SPECS = {
+    spec.name: spec
+    for spec in [
+        OpSpec("layer_norm", _layer_norm[0], lambda f, i, d: f(*i, 1e-5), *_layer_norm[1:], _norm_shapes),
+        OpSpec("rms_norm", _rms_norm[0], lambda f, i, d: f(*i, 1e-5), *_rms_norm[1:], _norm_shapes),
+        OpSpec("attention", _attention_make, lambda f, i, d: f(*i, d["causal"], None), _attention_bytes,
+               _attention_flops, _attention_shapes),
+        OpSpec("gelu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,
+               lambda d, bwd: 10 * d["n"] * (3 if bwd else 1), _pointwise_shapes),
+        OpSpec("silu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,
+               lambda d, bwd: 5 * d["n"] * (3 if bwd else 1), _pointwise_shapes),
+        OpSpec("cross_entropy", _cross_entropy_make, lambda f, i, d: f(*i, -1), _cross_entropy_bytes,
+               lambda d, bwd: 5 * d["rows"] * d["vocab"] * (2 if bwd else 1),
+               {"quick": [dict(rows=16384, vocab=65)],
+                "full": [dict(rows=16384, vocab=65), dict(rows=8192, vocab=50304)]}),
+    ]
+}
+
+LABELS = {"layer_norm": _label_norm, "rms_norm": _label_norm, "attention": _label_attention,
+          "cross_entropy": lambda d: f"{d['rows']}x{d['vocab']}",
+          "gelu": lambda d: f"n={d['n']}", "silu": lambda d: f"n={d['n']}"}
+
+
+def cases(op, shape_set):
+    """The shapes of `op` in a set; attention's causal flag is part of its shape."""
+    spec = SPECS[op]
+    return [Case(op, LABELS[op](d), d) for d in spec.shapes[shape_set]]

@@ -1,0 +1,94 @@
+"""`mini-llm bench` (or `python -m bench` from the repository): the whole suite in one command.
+
+    mini-llm bench --shapes quick                      # every op x backend, then end to end
+    mini-llm bench --ops attention --backends torch,triton --dtype bfloat16 --shapes full
+    mini-llm bench --no-e2e --json results.json
+
+Writes results.json, results.md and roofline.png into --out (default out/bench).
+"""
+
+import datetime
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mini_llm import nvtx, ops
+from mini_llm.errors import ConfigError
+from mini_llm.presets import PRESETS
+
+from . import report
+from .ceilings import ceilings
+from .e2e import run_e2e
+from .run import DTYPES, PASSES, count_steps, parse_list, run_ops
+from .specs import SPECS
+
+
+def add_arguments(p):
+    p.add_argument("--ops", help=f"comma-separated (default: all): {', '.join(SPECS)}")
+    p.add_argument("--backends", help=f"comma-separated (default: all): {', '.join(ops.BACKENDS)}")
+    p.add_argument("--dtype", help=f"comma-separated: {', '.join(DTYPES)} "
+                   "(default: bfloat16 on a GPU, float32 on a CPU)")
+    p.add_argument("--shapes", default="quick", help="quick (model-sized, odd) or full (large)")
+    p.add_argument("--passes", help=f"comma-separated (default: both): {', '.join(PASSES)}")
+    p.add_argument("--kernels", default="torch", help="kernel set for the end-to-end rows")
+    p.add_argument("--e2e-preset", help="model for the end-to-end rows (default: shakespeare-char "
+                   "on a GPU, shakespeare-char-cpu otherwise)")
+    p.add_argument("--no-e2e", action="store_true", help="op rows only")
+    p.add_argument("--out", default="out/bench", help="folder for results.json/.md and roofline.png")
+    p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--remeasure-ceilings", action="store_true", help="ignore the cached limits")
+    p.add_argument("--nvtx", action="store_true", help="emit NVTX ranges (for Nsight)")
+
+
+def _versions():
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent)
+    return {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "git_commit": commit.stdout.strip() or None}
+
+
+def main(args):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    op_names = parse_list(args.ops, list(SPECS), "op")
+    backends = parse_list(args.backends, list(ops.BACKENDS), "backend")
+    default_dtype = "bfloat16" if device.type == "cuda" else "float32"
+    dtypes = parse_list(args.dtype or default_dtype, list(DTYPES), "dtype")
+    passes = parse_list(args.passes, list(PASSES), "pass")
+    if args.shapes not in ("quick", "full"):
+        raise ConfigError(f"unknown shape set {args.shapes!r}; choose from quick, full")
+    preset = args.e2e_preset or ("shakespeare-char" if device.type == "cuda" else "shakespeare-char-cpu")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    ops.parse(args.kernels)  # a bad kernel set fails now, not after the op rows
+    if args.nvtx:
+        nvtx.enable()
+
+    limits = ceilings(device, remeasure=args.remeasure_ceilings)
+    with tqdm(total=count_steps(op_names, args.shapes, dtypes, passes), unit="case",
+              desc="ops", disable=None) as bar:
+        rows = run_ops(op_names, backends, dtypes, args.shapes, passes, device, limits, bar.update)
+    e2e = [] if args.no_e2e else run_e2e(preset, args.kernels, device, limits)
+
+    meta = {"device": limits["device"], **_versions(), "date": datetime.date.today().isoformat(),
+            "command": "mini-llm bench " + " ".join(sys.argv[2:]), "ceilings": limits,
+            "shapes": args.shapes}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(report.to_json(rows, e2e, meta))
+    if args.json:
+        Path(args.json).write_text(report.to_json(rows, e2e, meta))
+    (out / "results.md").write_text(report.markdown(rows, e2e, meta))
+    report.roofline(rows, meta, out / "roofline.png")
+    report.print_tables(rows, e2e, meta)
+    failed = [r for r in rows if r.status == "FAILED"]
+    print(f"wrote {out}/results.json, results.md, roofline.png"
+          + (f"; {len(failed)} FAILED checks" if failed else ""))
+    return 1 if failed else 0

@@ -1,0 +1,89 @@
+"""The benchmark suite on tiny shapes: rows are checked, skips carry reasons, bad input is
+clear, and the files a user reads are written."""
+
+import json
+
+import pytest
+import torch
+
+from mini_llm import ops
+from mini_llm.bench import specs
+from mini_llm.bench.e2e import run_e2e
+from mini_llm.bench.run import run_ops
+from mini_llm.cli import main
+
+LIMITS = {"device": "test", "copy_gb_s": 10.0, "copy_gb_s_plain": 10.0, "matmul": "test",
+          "matmul_tflop_s": 0.1, "matmul_tflop_s_plain": 0.1}
+TINY = {"layer_norm": [dict(rows=7, cols=33)], "rms_norm": [dict(rows=5, cols=17)],
+        "attention": [dict(B=1, nh=2, T=9, hs=8, causal=True)], "gelu": [dict(n=100)],
+        "silu": [dict(n=100)], "cross_entropy": [dict(rows=6, vocab=11)]}
+
+
+@pytest.fixture(autouse=True)
+def tiny_shapes(monkeypatch):
+    for op, shapes in TINY.items():
+        monkeypatch.setitem(specs.SPECS[op].shapes, "quick", shapes)
+
+
+def test_every_op_is_checked_and_timed_and_unavailable_backends_say_why():
+    rows = run_ops(list(specs.SPECS), list(ops.BACKENDS), ["float32"], "quick", ["fwd", "fwd+bwd"],
+                   torch.device("cpu"), LIMITS)
+    measured = [r for r in rows if r.status != "skipped"]
+    assert {(r.op, r.backend) for r in measured} == {(op, b) for op in TINY for b in ("reference", "torch")}
+    assert all(r.status == "ok" and r.rel_err < 1e-5 and r.ms > 0 and r.gb_s > 0 for r in measured)
+    torch_rows = [r for r in measured if r.backend == "torch"]
+    assert all(r.speedup_vs_torch == 1.0 for r in torch_rows)
+    skipped = {(r.op, r.backend): r.reason for r in rows if r.status == "skipped"}
+    assert set(skipped) == {(op, b) for op in TINY for b in ("triton", "cuda")}
+    assert skipped["attention", "cuda"] == "no CUDA GPU"
+
+
+def test_a_wrong_kernel_is_reported_failed(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # lets the triton backend count as runnable
+    off_by_a_bit = lambda x, w, b, eps: torch.nn.functional.layer_norm(x, (x.size(-1),), w, b, eps) * 1.001
+    monkeypatch.setitem(ops.registry._impls["layer_norm"], "triton", off_by_a_bit)
+    rows = run_ops(["layer_norm"], ["torch", "triton"], ["float32"], "quick", ["fwd"],
+                   torch.device("cpu"), LIMITS)
+    status = {r.backend: (r.status, r.rel_err) for r in rows}
+    assert status["torch"][0] == "ok"
+    assert status["triton"][0] == "FAILED" and status["triton"][1] == pytest.approx(1e-3, rel=0.01)
+
+
+def test_cost_model():
+    ln = specs.SPECS["layer_norm"]
+    assert ln.bytes(dict(rows=16384, cols=4096), 2, False) == (2 * 16384 * 4096 + 2 * 4096) * 2
+    attn = specs.SPECS["attention"]
+    causal, full = dict(B=1, nh=1, T=1024, hs=64, causal=True), dict(B=1, nh=1, T=1024, hs=64, causal=False)
+    assert attn.flops(full, False) == 4 * 1024**2 * 64 == 2 * attn.flops(causal, False)
+    assert attn.flops(full, True) == 3.5 * attn.flops(full, False)
+
+
+def test_end_to_end_rows():
+    rows = run_e2e("tiny", "torch", torch.device("cpu"), LIMITS, train_steps=2)
+    values = {r["what"]: r["value"] for r in rows}
+    assert set(values) == {"train throughput", "train MFU", "decode, KV cache", "decode, no cache"}
+    assert all(v > 0 for v in values.values())
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ops", "matmul"], "unknown op 'matmul'; choose from layer_norm, rms_norm, attention"),
+    (["--backends", "cudnn"], "unknown backend 'cudnn'; choose from reference, torch, triton, cuda"),
+    (["--shapes", "huge"], "unknown shape set 'huge'; choose from quick, full"),
+    (["--dtype", "int8"], "unknown dtype 'int8'; choose from float32, bfloat16, float16"),
+    (["--kernels", "attention=nope"], "unknown backend 'nope'"),
+])
+def test_bad_input(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_writes_json_markdown_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--ops", "layer_norm,attention", "--no-e2e", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["meta"]["ceilings"]["copy_gb_s"] > 0 and result["meta"]["torch"] == torch.__version__
+    skipped = [r for r in result["rows"] if r["status"] == "skipped"]
+    assert {r["backend"] for r in skipped} == {"triton", "cuda"} and all(r["reason"] for r in skipped)
+    assert "| layer_norm | torch |" in (out / "results.md").read_text()
+    assert (out / "roofline.png").stat().st_size > 10_000
+    assert "not run here" in capsys.readouterr().out
