@@ -7,16 +7,13 @@ non-embedding parameters) plus 12 L T C for attention's two T x T matmuls (forwa
 the formula of PaLM's appendix B, also nanoGPT's.
 """
 
-import contextlib
 import time
 
 import torch
 
 from mini_llm import nvtx, ops
 from mini_llm.generate import generate
-from mini_llm.model import GPT, GPTConfig
-from mini_llm.optim import AdamW
-from mini_llm.presets import get_preset
+from mini_llm.profile import synthetic_training
 
 
 def _synchronize(device):
@@ -39,13 +36,6 @@ def training_flops_per_token(model):
 
 
 def run_e2e(preset_name, kernels, device, limits, train_steps=10):
-    preset = get_preset(preset_name)
-    config = GPTConfig(vocab_size=65, **preset["model"])
-    B, T = preset["train"]["batch_size"], config.block_size
-    g = torch.Generator().manual_seed(0)
-    x, y = (torch.randint(0, 65, (B, T), generator=g).to(device) for _ in range(2))
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     rows = []
 
     def row(what, value, unit, detail):
@@ -53,17 +43,8 @@ def run_e2e(preset_name, kernels, device, limits, train_steps=10):
                      "unit": unit, "detail": detail})
 
     with ops.use_kernels(kernels):
-        torch.manual_seed(0)
-        model = GPT(config).to(device)
-        optimizer = AdamW(model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.99))
-
-        def train_step():
-            with autocast:
-                _, loss = model(x, y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+        model, train_step, tokens_per_step = synthetic_training(preset_name, device)
+        B, T = tokens_per_step // model.config.block_size, model.config.block_size
         for _ in range(3):  # warm-up: allocator, kernel selection, autotuning
             train_step()
         if device.type == "cuda":
@@ -79,7 +60,7 @@ def run_e2e(preset_name, kernels, device, limits, train_steps=10):
             row("train peak memory", torch.cuda.max_memory_allocated() / 2**20, "MiB", "max_memory_allocated")
 
         model.eval()
-        prompt = x[:1, :1]
+        prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
         new = T - 1  # fill the context exactly: no sliding window in either path
 
         def decode_cached():

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from mini_llm import nvtx, ops
 from mini_llm.errors import ConfigError
-from mini_llm.presets import PRESETS
+from mini_llm.presets import default_preset, get_preset
 
 from . import report
 from .ceilings import ceilings
@@ -64,9 +64,8 @@ def main(args):
     passes = parse_list(args.passes, list(PASSES), "pass")
     if args.shapes not in ("quick", "full"):
         raise ConfigError(f"unknown shape set {args.shapes!r}; choose from quick, full")
-    preset = args.e2e_preset or ("shakespeare-char" if device.type == "cuda" else "shakespeare-char-cpu")
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    preset = args.e2e_preset or default_preset()
+    get_preset(preset)
     ops.parse(args.kernels)  # a bad kernel set fails now, not after the op rows
     if args.nvtx:
         nvtx.enable()

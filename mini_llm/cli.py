@@ -3,6 +3,7 @@
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
     mini-llm plot RUN [RUN ...] [-o PNG]
+    mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -16,10 +17,11 @@ import types
 
 import torch
 
-from . import ops
+from . import nvtx, ops
 from .errors import MiniLLMError
 from .model import CHOICES, GPTConfig
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, default_preset, get_preset
+from .scratch.train import ScratchTrainConfig
 from .train import RESUME_MAY_CHANGE, TrainConfig, resolve_device, seeded, train
 
 HELP = {
@@ -30,22 +32,25 @@ HELP = {
     "device": "auto, cpu or cuda", "dtype": "auto, float32 or bfloat16 (autocast)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per optimizer step",
     "sample_tokens": "characters to sample at the end (0: none)",
+    "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
 }
 
 
 def add_dataclass_flags(parser, cls, skip=()):
-    """One --flag per dataclass field; default None, so what the user gave can be told apart."""
+    """One --flag per dataclass field; default None, so what the user gave can be told apart.
+    A field's help is its metadata["help"], else HELP[name]."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = f.type.__args__[0] if isinstance(f.type, types.UnionType) else f.type
         extra = {"choices": CHOICES[f.name]} if f.name in CHOICES else {}
+        text = f.metadata.get("help", HELP.get(f.name))
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=HELP.get(f.name))
+                                help=text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=HELP.get(f.name), **extra)
+            parser.add_argument(flag, type=kind, default=None, help=text, **extra)
 
 
 def given(args, cls, skip=()):
@@ -54,8 +59,7 @@ def given(args, cls, skip=()):
 
 
 def cmd_train(args):
-    preset_name = args.preset or ("shakespeare-char" if torch.cuda.is_available()
-                                  else "shakespeare-char-cpu")
+    preset_name = args.preset or default_preset()
     preset = get_preset(preset_name)
     train_given = given(args, TrainConfig)
     if args.resume:
@@ -75,6 +79,8 @@ def cmd_sample(args):
     from .generate import generate
 
     ops.set_kernels(args.kernels)
+    if args.nvtx:
+        nvtx.enable()
     device, _, _ = resolve_device(args.device, "float32")
     model, ckpt = load_model(args.run, device)
     tokenizer = ckpt.tokenizer
@@ -106,6 +112,21 @@ def cmd_bench(args):
     return bench_main(args)
 
 
+def cmd_profile(args):
+    from .profile import profile
+
+    preset = args.preset or default_preset()
+    get_preset(preset)
+    ops.parse(args.kernels)
+    profile(preset, args.kernels, args.out, steps=args.steps)
+
+
+def cmd_scratch_train(args):
+    from .scratch.train import train_char_mlp
+
+    train_char_mlp(ScratchTrainConfig(**given(args, ScratchTrainConfig)))
+
+
 def cmd_plot(args):
     from .plot import plot_runs
 
@@ -135,6 +156,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--kernels", help=HELP["kernels"])
+    p.add_argument("--nvtx", action="store_true", help=HELP["nvtx"])
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
@@ -142,6 +164,21 @@ def build_parser():
 
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("profile", help="a few training steps under torch.profiler: trace, top ops, "
+                       "CUDA memory snapshot")
+    p.add_argument("--preset", help="default: shakespeare-char on a GPU, shakespeare-char-cpu otherwise")
+    p.add_argument("--kernels", default="torch", help=HELP["kernels"])
+    p.add_argument("--steps", type=int, default=5, help="profiled steps, after 2 warm-up steps")
+    p.add_argument("--out", default="out/profile")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("scratch", help="stage F: neural networks from scratch in NumPy")
+    scratch = p.add_subparsers(dest="scratch_command", required=True)
+    p = scratch.add_parser("train", help="train the character MLP language model on the NumPy "
+                           "autograd engine (Tiny Shakespeare)")
+    add_dataclass_flags(p, ScratchTrainConfig)
+    p.set_defaults(func=cmd_scratch_train)
 
     p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")

@@ -12,6 +12,7 @@ at most block_size tokens of context. A prompt longer than block_size keeps only
 
 import torch
 
+from . import nvtx
 from .errors import ConfigError
 
 
@@ -41,7 +42,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
     block = model.config.block_size
     cache = model.new_cache(idx.size(0))
     window = idx[:, -block:]
-    logits, _ = model(window, cache=cache, start=0)  # prefill
+    with nvtx.range("prefill"):
+        logits, _ = model(window, cache=cache, start=0)
     pos = window.size(1)  # positions filled in the cache
     tokens = [idx]
     for step in range(max_new_tokens):
@@ -50,10 +52,12 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         if step == max_new_tokens - 1:
             break
         if pos < block:
-            logits, _ = model(next_id, cache=cache, start=pos)
+            with nvtx.range("decode"):
+                logits, _ = model(next_id, cache=cache, start=pos)
             pos += 1
         else:  # window full: slide it
             window = torch.cat(tokens, dim=1)[:, -max(1, block // 2):]
-            logits, _ = model(window, cache=cache, start=0)
+            with nvtx.range("prefill"):
+                logits, _ = model(window, cache=cache, start=0)
             pos = window.size(1)
     return torch.cat(tokens, dim=1)

@@ -28,6 +28,13 @@ PRESETS = {
 }
 
 
+def default_preset():
+    """The baby GPT on a CUDA GPU; its CPU-sized variant otherwise."""
+    import torch
+
+    return "shakespeare-char" if torch.cuda.is_available() else "shakespeare-char-cpu"
+
+
 def get_preset(name):
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")

@@ -24,25 +24,27 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, ops
+from . import __version__, nvtx, ops
 from .checkpoint import FILE_NAME, load_checkpoint, save_checkpoint
-from .data import TINY_SHAKESPEARE, fetch, get_batch, prepare_char_dataset
+from .data import TINY_SHAKESPEARE, fetch, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError
 from .generate import generate
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, lr_at
+from .tokenizer import Tokenizer
 from .plot import plot_runs, read_metrics
 
 
 # What --resume takes from the command line; everything else comes from the checkpoint.
 RESUME_MAY_CHANGE = ("out", "data", "max_iters", "device", "compile", "kernels", "log_interval",
-                     "sample_tokens")
+                     "sample_tokens", "nvtx")
 
 
 @dataclass
 class TrainConfig:
     out: str = "out"
     data: str | None = None  # a text file; default: Tiny Shakespeare
+    tokenizer: str | None = None  # a BPE tokenizer folder, or "gpt2"; default: characters
     batch_size: int = 12
     grad_accum: int = 1  # micro-batches per optimizer step
     max_iters: int = 2000
@@ -63,6 +65,7 @@ class TrainConfig:
     compile: bool = False
     kernels: str | None = None  # None: MINI_LLM_KERNELS, else torch
     sample_tokens: int = 300  # printed at the end; 0 skips
+    nvtx: bool = False  # NVTX ranges per step, forward/backward/optimizer, layer and op
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
@@ -125,6 +128,8 @@ def train(model_overrides, cfg, resume=False):
     ckpt_path = out / FILE_NAME
     # Every check runs before the run folder is touched, so a bad command overwrites nothing.
     kernels = ops.set_kernels(cfg.kernels)
+    if cfg.nvtx:
+        nvtx.enable()
     config = GPTConfig(**model_overrides)  # vocab_size is set from the data below
     ckpt = None
     if resume:
@@ -135,11 +140,13 @@ def train(model_overrides, cfg, resume=False):
         cfg = dataclasses.replace(cfg, **saved)
     elif ckpt_path.exists():
         raise ConfigError(f"{ckpt_path} exists: pass --resume to continue it, or another --out")
-    dataset = prepare_char_dataset(fetch(TINY_SHAKESPEARE, cfg.data))
+    bpe = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
+    dataset = prepare_dataset(fetch(TINY_SHAKESPEARE, cfg.data), bpe)
     tokenizer = dataset.tokenizer
     if ckpt is not None:
-        if ckpt.tokenizer.chars != tokenizer.chars:
-            raise CheckpointError(f"{ckpt_path} was trained on another text (its vocabulary differs)")
+        if ckpt.tokenizer.to_dict() != tokenizer.to_dict():
+            raise CheckpointError(f"{ckpt_path} was trained on another text or tokenizer "
+                                  "(its vocabulary differs)")
         config = ckpt.config
     else:
         config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
@@ -172,7 +179,7 @@ def train(model_overrides, cfg, resume=False):
         metrics.flush()
 
     def checkpoint(it):
-        meta = {"iter": it, "model_config": config.to_dict(), "tokenizer": {"chars": tokenizer.chars},
+        meta = {"iter": it, "model_config": config.to_dict(), "tokenizer": tokenizer.to_dict(),
                 "train_config": dataclasses.asdict(cfg), "version": __version__}
         save_checkpoint(ckpt_path, model, optimizer, meta)
 
@@ -200,16 +207,19 @@ def train(model_overrides, cfg, resume=False):
         for group in optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(cfg.seed + it)  # dropout masks of this step, the same after a resume
-        for micro in range(cfg.grad_accum):
-            x, y = get_batch(splits["train"], cfg.batch_size, config.block_size,
-                             seeded(cfg.seed, "train", it, micro))
-            with autocast:
-                _, loss = step_model(x.to(device), y.to(device))
-            (loss / cfg.grad_accum).backward()
-        if cfg.grad_clip > 0:
-            clip_grad_norm(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with nvtx.range(f"step {it}"):
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(splits["train"], cfg.batch_size, config.block_size,
+                                 seeded(cfg.seed, "train", it, micro))
+                with nvtx.range("forward"), autocast:
+                    _, loss = step_model(x.to(device), y.to(device))
+                with nvtx.range("backward"):
+                    (loss / cfg.grad_accum).backward()
+            with nvtx.range("optimizer"):
+                if cfg.grad_clip > 0:
+                    clip_grad_norm(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         it += 1
         bar.update(1)
         if it % cfg.log_interval == 0 or it == cfg.max_iters:
