@@ -110,7 +110,7 @@ def roofline(rows, meta, path):
     measured = [r for r in _measured(rows) if r.bytes and r.flops]
     lim = meta["ceilings"]
     bw, peak = lim["copy_gb_s"] / 1e3, lim["matmul_tflop_s"]  # TB/s, TFLOP/s
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     xs = [r.flops / r.bytes for r in measured] or [1.0]
     x = [min(xs + [peak / bw]) / 4, max(xs + [peak / bw]) * 4]
     ax.plot([x[0], peak / bw, x[1]], [bw * x[0], peak, peak], "k-", lw=1.5,
@@ -127,7 +127,7 @@ def roofline(rows, meta, path):
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte)",
            ylabel="achieved TFLOP/s", title=f"roofline: {lim['device']}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
