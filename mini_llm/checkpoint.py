@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .data import CharTokenizer, atomic_write_bytes
+from .data import atomic_write_bytes, tokenizer_from_dict
 from .errors import CheckpointError, ConfigError
 from .model import GPT, GPTConfig
 
@@ -34,7 +34,7 @@ class Checkpoint:
 
     @property
     def tokenizer(self):
-        return CharTokenizer(self.meta["tokenizer"]["chars"])
+        return tokenizer_from_dict(self.meta["tokenizer"])
 
 
 def save_checkpoint(path, model, optimizer, meta):

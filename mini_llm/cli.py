@@ -2,6 +2,7 @@
 
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
+    mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
     mini-llm plot RUN [RUN ...] [-o PNG]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
 
@@ -31,7 +32,9 @@ HELP = {
                "attention=cuda,layer_norm=triton (default: $MINI_LLM_KERNELS, else torch)",
     "device": "auto, cpu or cuda", "dtype": "auto, float32 or bfloat16 (autocast)",
     "compile": "torch.compile the model", "grad_accum": "micro-batches per optimizer step",
-    "sample_tokens": "characters to sample at the end (0: none)",
+    "sample_tokens": "tokens to sample at the end (0: none)",
+    "tokenizer": "a BPE tokenizer folder (from `mini-llm tokenizer train`) or gpt2 (GPT-2's own); "
+                 "default: characters",
     "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
 }
 
@@ -127,6 +130,20 @@ def cmd_scratch_train(args):
     train_char_mlp(ScratchTrainConfig(**given(args, ScratchTrainConfig)))
 
 
+def cmd_tokenizer_train(args):
+    from .data import TINY_SHAKESPEARE, fetch
+    from .tokenizer import train_bpe_file
+
+    path = fetch(TINY_SHAKESPEARE, args.data)
+    t0 = time.perf_counter()
+    tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
+    seconds = time.perf_counter() - t0
+    tok.save(args.out)
+    print(f"{tok.vocab_size} tokens (256 bytes, {len(tok.merges)} merges, {len(tok.special_tokens)} "
+          f"special) learned from {path} in {seconds:.2f} s ({tok.backend.name} backend); "
+          f"wrote {args.out}/encoder.json and vocab.bpe")
+
+
 def cmd_plot(args):
     from .plot import plot_runs
 
@@ -179,6 +196,18 @@ def build_parser():
                            "autograd engine (Tiny Shakespeare)")
     add_dataclass_flags(p, ScratchTrainConfig)
     p.set_defaults(func=cmd_scratch_train)
+
+    p = sub.add_parser("tokenizer", help="byte-level BPE tokenizers (GPT-2 format)")
+    tokenizer_sub = p.add_subparsers(dest="tokenizer_command", required=True)
+    p = tokenizer_sub.add_parser("train", help="learn a tokenizer from a UTF-8 text")
+    p.add_argument("--data", help="the text (default: Tiny Shakespeare, found or downloaded)")
+    p.add_argument("--vocab-size", type=int, default=1024, help="256 bytes + merges + special tokens")
+    p.add_argument("--special-tokens", nargs="*", default=["<|endoftext|>"],
+                   help="never split or merged (default: <|endoftext|>; none: give the flag alone)")
+    p.add_argument("--backend", default="auto", choices=("auto", "python", "cpp"),
+                   help="the hot loops in C++ (auto: where built) or in pure Python")
+    p.add_argument("--out", default="out/tokenizer", help="folder for encoder.json and vocab.bpe")
+    p.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")

@@ -1,4 +1,5 @@
-"""Data: find or download a text, encode it as characters, and serve random training windows.
+"""Data: find or download a text, encode it (as characters, or with a BPE tokenizer from
+mini_llm.tokenizer), and serve random training windows.
 
 Where the text comes from, first match wins:
   1. an explicit path (`--data PATH`): any UTF-8 text file, used as is;
@@ -120,18 +121,39 @@ class CharTokenizer:
     def decode(self, ids):
         return "".join(self.chars[i] for i in ids)
 
+    def to_dict(self):
+        return {"kind": "char", "chars": self.chars}
+
+
+def tokenizer_from_dict(d):
+    """Rebuild a tokenizer from its to_dict(): characters, or BPE (mini_llm.tokenizer). Records
+    written before BPE existed have no "kind" and are characters."""
+    if d.get("kind", "char") == "char":
+        return CharTokenizer(d["chars"])
+    from .tokenizer import Tokenizer  # here, not on top: mini_llm.tokenizer imports this module
+
+    return Tokenizer.from_dict(d)
+
 
 @dataclass
 class TokenDataset:
     train: np.ndarray  # uint16 memmap of token ids
     val: np.ndarray
-    tokenizer: CharTokenizer
+    tokenizer: object  # CharTokenizer or mini_llm.tokenizer.Tokenizer
 
 
 def prepare_char_dataset(text_path, val_fraction=0.1):
-    """Encode a text as characters; first 90% train, last 10% validation (as nanoGPT)."""
+    return prepare_dataset(text_path, None, val_fraction)
+
+
+def prepare_dataset(text_path, tokenizer=None, val_fraction=0.1):
+    """Encode a text with `tokenizer`, or as characters if None; first 90% train, last 10%
+    validation (as nanoGPT)."""
     raw = Path(text_path).read_bytes()
-    folder = cache_dir() / "prepared" / hashlib.sha256(raw).hexdigest()[:16]
+    key = hashlib.sha256(raw)
+    if tokenizer is not None:  # the same text under another tokenizer is another dataset
+        key.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
+    folder = cache_dir() / "prepared" / key.hexdigest()[:16]
     vocab_file = folder / "vocab.json"
     if not vocab_file.is_file():
         try:
@@ -140,16 +162,16 @@ def prepare_char_dataset(text_path, val_fraction=0.1):
             raise DataError(f"{text_path} is not UTF-8 text ({e})") from None
         if len(text) < 100:
             raise DataError(f"{text_path} is too short to train on ({len(text)} characters)")
-        tok = CharTokenizer(sorted(set(text)))
+        tok = tokenizer or CharTokenizer(sorted(set(text)))
         if tok.vocab_size > np.iinfo(np.uint16).max:
-            raise DataError(f"{text_path} has {tok.vocab_size} distinct characters, over 65535")
+            raise DataError(f"{text_path} needs {tok.vocab_size} token ids, over 65535")
         ids = np.array(tok.encode(text), dtype=np.uint16)
         n_train = int(len(ids) * (1 - val_fraction))
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / "train.bin", ids[:n_train].tobytes())
         atomic_write_bytes(folder / "val.bin", ids[n_train:].tobytes())
-        atomic_write_bytes(vocab_file, json.dumps({"chars": tok.chars}).encode())  # last: marks done
-    tok = CharTokenizer(json.loads(vocab_file.read_text())["chars"])
+        atomic_write_bytes(vocab_file, json.dumps(tok.to_dict()).encode())  # last: marks done
+    tok = tokenizer or tokenizer_from_dict(json.loads(vocab_file.read_text()))
     train = np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
     return TokenDataset(train, val, tok)
