@@ -32,7 +32,6 @@ from .generate import generate
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, lr_at
 from .tokenizer import Tokenizer
-from .tokenizer import Tokenizer
 from .plot import plot_runs, read_metrics
 
 
@@ -45,7 +44,6 @@ RESUME_MAY_CHANGE = ("out", "data", "max_iters", "device", "compile", "kernels",
 class TrainConfig:
     out: str = "out"
     data: str | None = None  # a text file; default: Tiny Shakespeare
-    tokenizer: str | None = None  # a BPE tokenizer folder, or "gpt2"; default: characters
     tokenizer: str | None = None  # a BPE tokenizer folder, or "gpt2"; default: characters
     batch_size: int = 12
     grad_accum: int = 1  # micro-batches per optimizer step
