@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from . import ops
 from .errors import ConfigError
@@ -171,6 +172,10 @@ class GPT(nn.Module):
         self.lm_head = (
             None if config.tie_weights else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         )
+        # Activation checkpointing: in training, each block keeps only its input and recomputes
+        # its inside during backward (less memory for one more forward). A way to run, not part
+        # of the model, so it lives outside GPTConfig and checkpoints.
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 L), so
         # its variance does not grow with depth.
@@ -207,7 +212,10 @@ class GPT(nn.Module):
             rope = rope_tables(self.config.n_embd // self.config.n_head, pos, self.config.rope_base)
         x = self.drop(x)
         for block in self.h:
-            x = block(x, rope, cache, start)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rope, cache, start, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, start)
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight
         logits = x @ head.t()  # (B, T, V)

@@ -37,7 +37,7 @@ from .plot import plot_runs, read_metrics
 
 # What --resume takes from the command line; everything else comes from the checkpoint.
 RESUME_MAY_CHANGE = ("out", "data", "max_iters", "device", "compile", "kernels", "log_interval",
-                     "sample_tokens", "nvtx")
+                     "sample_tokens", "nvtx", "activation_checkpointing")
 
 
 @dataclass
@@ -66,6 +66,7 @@ class TrainConfig:
     kernels: str | None = None  # None: MINI_LLM_KERNELS, else torch
     sample_tokens: int = 300  # printed at the end; 0 skips
     nvtx: bool = False  # NVTX ranges per step, forward/backward/optimizer, layer and op
+    activation_checkpointing: bool = False  # blocks recompute their activations in backward
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
@@ -122,7 +123,7 @@ def train(model_overrides, cfg, resume=False):
 
     With resume=True the model config, the weights, the optimizer state and the settings come
     from the checkpoint in cfg.out; only where to stop (max_iters) and how to run (device,
-    compile, kernels, logging, sample length) may change.
+    compile, kernels, logging, sample length, activation checkpointing) may change.
     """
     out = Path(cfg.out)
     ckpt_path = out / FILE_NAME
@@ -155,6 +156,7 @@ def train(model_overrides, cfg, resume=False):
 
     torch.manual_seed(cfg.seed)
     model = GPT(config).to(device)
+    model.activation_checkpointing = cfg.activation_checkpointing
     optimizer = AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     start = 0
     if ckpt is not None:
