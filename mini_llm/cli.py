@@ -4,6 +4,7 @@
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
     mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
     mini-llm plot RUN [RUN ...] [-o PNG]
+    mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
@@ -36,6 +37,8 @@ HELP = {
     "tokenizer": "a BPE tokenizer folder (from `mini-llm tokenizer train`) or gpt2 (GPT-2's own); "
                  "default: characters",
     "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
+    "activation_checkpointing": "blocks keep only their input and recompute the rest in the "
+                                "backward: less memory, one more forward",
 }
 
 
@@ -124,6 +127,21 @@ def cmd_profile(args):
     profile(preset, args.kernels, args.out, steps=args.steps)
 
 
+def cmd_memory(args):
+    from .memory import format_prediction, measure_training_memory, predict_training_memory
+
+    preset = get_preset(args.preset or default_preset())
+    config = GPTConfig(vocab_size=args.vocab_size, **preset["model"])
+    batch_size = preset["train"]["batch_size"] if args.batch_size is None else args.batch_size
+    device, dtype, _ = resolve_device(args.device, args.dtype)
+    settings = dict(dtype=dtype, kernels=args.kernels,
+                    activation_checkpointing=args.activation_checkpointing)
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    prediction = predict_training_memory(config, batch_size, device=kind, **settings)
+    measured = measure_training_memory(config, batch_size, device, **settings) if args.measure else None
+    print(format_prediction(prediction, measured))
+
+
 def cmd_scratch_train(args):
     from .scratch.train import train_char_mlp
 
@@ -189,6 +207,21 @@ def build_parser():
     p.add_argument("--steps", type=int, default=5, help="profiled steps, after 2 warm-up steps")
     p.add_argument("--out", default="out/profile")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("memory", help="predict the peak memory of a training step, layer by layer "
+                       "(--measure: and measure it)")
+    p.add_argument("--preset", help="default: shakespeare-char on a GPU, shakespeare-char-cpu otherwise")
+    p.add_argument("--batch-size", type=int, help="default: the preset's")
+    p.add_argument("--vocab-size", type=int, default=65, help="default: 65, Tiny Shakespeare's characters")
+    p.add_argument("--device", default="auto", help=HELP["device"])
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help=HELP["dtype"])
+    p.add_argument("--kernels", default="torch", help="backends for the ops, as train takes them "
+                   "(default: torch); attention=reference: the materialized attention")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help=HELP["activation_checkpointing"])
+    p.add_argument("--measure", action="store_true", help="also run two training steps on random "
+                   "tokens and print the measured peak beside the prediction")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("scratch", help="stage F: neural networks from scratch in NumPy")
     scratch = p.add_subparsers(dest="scratch_command", required=True)

@@ -1,0 +1,574 @@
+"""Training memory: how many bytes one training step holds at its highest point, predicted from
+the shapes alone, and measured.
+
+A training step (forward, backward, optimizer step, as train.py runs it) holds:
+
+  parameters        P floats
+  optimizer state   AdamW's exp_avg and exp_avg_sq, 2 P floats, and a step counter per tensor
+  batch + logits    x, y and the logits (B, T, V) that the caller keeps (train.py's `_, loss =`)
+  activations       every tensor autograd saves in the forward for the backward, layer by layer
+  gradients         P floats, created layer by layer as the backward goes from the loss down
+  temporaries       the gradients flowing through the op being differentiated, and its scratch
+
+The backward frees each op's saved tensors once that op is differentiated, while the parameter
+gradients grow; so the peak usually comes early in the backward, in the last block, on top of
+nearly all activations. `predict_training_memory` walks the backward op by op (a `Step` per op,
+in forward order) to find it. Each op below says which tensors it saves and why; the counts were
+checked node by node against PyTorch 2.13 on CPU (the saved tensors through grad_fn._saved_*,
+every allocation through the profiler), and tests/test_memory.py checks the total against
+`measure_training_memory`.
+
+Notation: B batch, T context, C = n_embd, nh heads, hs = C // nh, V vocabulary, H the MLP's
+hidden width, N = B * T tokens, S = B * nh * T * T * 4 (one float32 attention matrix). Bytes.
+
+What is modelled:
+  dtype "float32", or "bfloat16": autocast as train.py uses it (matmuls and attention in bf16;
+    embeddings, norms, the residual stream, the loss and all parameters and gradients in fp32).
+  device "cpu" or "cuda": on CUDA dropout saves a bool mask (1 byte), on CPU a mask of the
+    input's dtype; the CPU flash kernel's output follows q's memory layout, so with RoPE the
+    attention output is copied before c_proj; PyTorch's CPU rms_norm is a chain of ops
+    (saves more), CUDA's is one fused kernel.
+  kernels: a --kernels selection. attention=reference is the materialized attention (it keeps
+    three T x T matrices per layer); the other ops are modelled on their fused backends (torch;
+    the Triton and CUDA kernels are assumed to save what the torch ones save).
+  activation checkpointing: each block keeps only its input; its backward reruns its forward.
+
+Not modelled: allocator rounding (the CUDA caching allocator rounds each block up to 512 bytes),
+the CPU attention kernel's per-thread tiles (a few hundred KB), scalars, cuBLAS / oneDNN scratch.
+Checked here on CPU (float32 and CPU bf16 autocast); the CUDA rules (bool masks, FlashAttention's
+fp32 dq accumulator, fused rms_norm) follow PyTorch's kernels but have not been measured yet.
+"""
+
+import gc
+from dataclasses import dataclass, field
+
+import torch
+from torch.autograd import DeviceType
+
+from . import ops
+from .errors import ConfigError
+from .model import GPT, GPTConfig
+from .optim import AdamW, clip_grad_norm
+
+FP32, BF16, INT64 = 4, 2, 8
+MIB = 2**20
+
+
+@dataclass
+class Step:
+    """One op of the forward pass, as its backward sees it.
+
+    saved       (what, bytes) autograd keeps from the forward; freed once this backward has run
+    grad_in     gradients its backward creates for its inputs (they flow on to earlier ops)
+    grad_out    the gradient of its output that its backward consumes; freed after it
+    param_grad  the .grad tensors it creates, kept until the optimizer step
+    workspace   scratch that lives only while its backward runs
+    """
+
+    name: str
+    saved: list = field(default_factory=list)
+    grad_in: int = 0
+    grad_out: int = 0
+    param_grad: int = 0
+    workspace: int = 0
+
+    @property
+    def saved_bytes(self):
+        return sum(n for _, n in self.saved)
+
+
+@dataclass
+class Layer:
+    """A group of steps: the embeddings, one transformer block, or the head and the loss.
+
+    kept: for a checkpointed block, what its forward keeps instead of the saved tensors: its
+    input first (which ln_1 would save anyway), then the RNG state.
+    """
+
+    name: str
+    steps: list
+    kept: list | None = None
+
+    @property
+    def saved_bytes(self):
+        return sum(s.saved_bytes for s in self.steps)
+
+    @property
+    def activation_bytes(self):
+        """What stays alive from the forward to the backward."""
+        return self.saved_bytes if self.kept is None else sum(n for _, n in self.kept)
+
+
+@dataclass
+class MemoryPrediction:
+    """Bytes. `activations` lists (layer name, bytes held from the forward to the backward)."""
+
+    config: GPTConfig
+    batch_size: int
+    setting: str  # dtype, device, kernels, checkpointing in words
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    batch_and_logits: int
+    activations: list
+    backward_transient: int  # gradients so far + temporaries (+ a recomputed block) at its peak
+    forward_peak: int
+    backward_peak: int
+    optimizer_peak: int
+    layers: list  # the Layer objects, for a closer look
+
+    @property
+    def peak(self):
+        return max(self.forward_peak, self.backward_peak, self.optimizer_peak)
+
+    @property
+    def peak_phase(self):
+        phases = {"forward": self.forward_peak, "backward": self.backward_peak,
+                  "optimizer step": self.optimizer_peak}
+        return max(phases, key=phases.get)
+
+
+class _Shapes:
+    """The sizes every op needs, and the dtype and device rules that apply to them."""
+
+    def __init__(self, config, batch_size, dtype, device):
+        self.B, self.T, self.C = batch_size, config.block_size, config.n_embd
+        self.nh, self.V = config.n_head, config.vocab_size
+        self.hs = self.C // self.nh
+        self.N = self.B * self.T
+        self.autocast = dtype == "bfloat16"
+        self.act = BF16 if self.autocast else FP32  # matmul outputs and attention, under autocast
+        self.cuda = device == "cuda"
+        self.S = self.B * self.nh * self.T * self.T * FP32
+
+    def mask(self, elem_bytes):
+        """Bytes per element of a dropout mask: CUDA's fused dropout keeps a bool; the CPU path
+        keeps a tensor of the input's dtype holding 0 or 1/(1-p)."""
+        return 1 if self.cuda else elem_bytes
+
+
+def _param_bytes(model, prefix):
+    return sum(p.numel() * FP32 for n, p in model.named_parameters() if n.startswith(prefix + "."))
+
+
+def _linear(s, name, fan_in, fan_out, param_bytes, saves_input=True, grad_out=None):
+    """y = x W^T (+ b), W (fan_out, fan_in). Saves x for dW = dy^T x and W for dx = dy W (W is a
+    parameter: no cost, except under autocast, where both are bf16 copies made for the matmul;
+    autocast caches the weight's copy and the matmul's saved reference keeps it until this
+    backward). The backward makes dx and dW (bf16 under autocast, then copied into the fp32
+    .grad). grad_out: what the gradient of y costs, if not a fresh (B,T,fan_out) tensor."""
+    saved = [(f"{name}: its input (B,T,{fan_in}), for dW", s.N * fan_in * s.act)] if saves_input else []
+    weight_copy = fan_in * fan_out * BF16 if s.autocast else 0
+    if s.autocast:
+        saved.append((f"{name}: bf16 copy of W, for dx", weight_copy))
+    return Step(name, saved, grad_in=s.N * fan_in * s.act,
+                grad_out=s.N * fan_out * s.act if grad_out is None else grad_out,
+                param_grad=param_bytes, workspace=weight_copy)
+
+
+def _to_bf16(s, name, width):
+    """Autocast copies an fp32 tensor (B,T,width) to bf16 for the next matmul; the backward copies
+    the bf16 gradient back to fp32. Nothing is saved (the matmul saves the bf16 copy)."""
+    return Step(f"{name} (to bf16)", grad_in=s.N * width * FP32, grad_out=s.N * width * BF16)
+
+
+def _norm(s, config, name, param_bytes):
+    """ln_1, ln_2, ln_f on the fp32 residual stream; their output is fp32 too."""
+    x = (f"{name}: its input x (B,T,C), to normalise the gradient", s.N * s.C * FP32)
+    stats = s.N * FP32  # one float per token
+    if config.norm == "layernorm":
+        # The fused kernel saves x, the mean and 1/std per token; it recomputes the rest.
+        saved, workspace = [x, (f"{name}: mean and 1/std (B,T,1)", 2 * stats)], 0
+    elif s.cuda:
+        # CUDA's fused rms_norm saves x and 1/rms per token.
+        saved, workspace = [x, (f"{name}: 1/rms (B,T,1)", stats)], 0
+    else:
+        # CPU: rms_norm runs as x.pow(2).mean() -> rsqrt -> x * r -> * weight; pow and the first
+        # mul save x, rsqrt its result, the weight's mul the normalised x. Its backward holds about
+        # two more (B,T,C) tensors than the gradient it returns.
+        saved = [x, (f"{name}: 1/rms (B,T,1)", stats),
+                 (f"{name}: normalised x (B,T,C), for dweight", s.N * s.C * FP32)]
+        workspace = 2 * s.N * s.C * FP32
+    return Step(name, saved, grad_in=s.N * s.C * FP32, grad_out=s.N * s.C * FP32,
+                param_grad=param_bytes, workspace=workspace)
+
+
+def _residual_branch_start(s):
+    """x feeds both the branch (through a norm) and the residual path. The residual's gradient
+    arrives first and waits; the branch's gradient for x is then added into it in place and
+    freed."""
+    return Step("residual (branch gradient added in)", grad_out=s.N * s.C * FP32)
+
+
+def _residual_add(s):
+    """x + branch(x): the gradient passes to both unchanged, so nothing is allocated; under
+    autocast the branch (bf16) gets its own bf16 copy of it."""
+    return Step("residual add", grad_in=s.N * s.C * BF16 if s.autocast else 0)
+
+
+def _branch_gradient(s):
+    """Bytes of the gradient the branch's last op receives and frees: its own bf16 copy under
+    autocast, else nothing (it is the residual's gradient, which lives on)."""
+    return s.N * s.C * BF16 if s.autocast else 0
+
+
+def _dropout(s, name, elem_bytes, grad_out):
+    """Saves its mask, to zero the same elements of the gradient."""
+    width = s.N * s.C
+    return Step(name, [(f"{name}: mask (B,T,C)", width * s.mask(elem_bytes))],
+                grad_in=width * elem_bytes, grad_out=grad_out)
+
+
+def _flash_attention(s, rotated):
+    """The fused attention (F.scaled_dot_product_attention) keeps no T x T matrix: it saves q, k,
+    v, its output and one logsumexp per head and query, and recomputes the probabilities in its
+    backward. q, k, v are views of c_attn's output (B,T,3C), so that whole tensor stays alive;
+    with RoPE q and k are new rotated tensors (v still keeps (B,T,3C) alive)."""
+    width = s.N * s.C * s.act
+    lse_rows = s.T
+    if s.cuda and not s.autocast:  # fp32 on CUDA runs the memory-efficient kernel
+        lse_rows = -(-s.T // 32) * 32  # its logsumexp is padded to a multiple of 32 positions
+    saved = [("c_attn output (B,T,3C): q, k, v are views of it", 3 * width)]
+    if rotated:
+        saved.append(("rotated q and k (B,nh,T,hs)", 2 * width))
+    saved += [("attention output (B,nh,T,hs), also c_proj's input", width),
+              ("logsumexp (B,nh,T) fp32", s.B * s.nh * lse_rows * FP32)]
+    # FlashAttention-2's backward accumulates dq in fp32.
+    workspace = s.N * s.C * FP32 if s.cuda and s.autocast else 0
+    return [Step("attention (flash)", saved, grad_in=3 * width, grad_out=width, workspace=workspace)]
+
+
+def _materialized_attention(s, rotated):
+    """The reference attention, softmax(q k^T / sqrt(hs) + mask) v, op by op (float32): three
+    T x T matrices per layer stay saved (the masked scores for amax, exp's result, the
+    probabilities for p @ v), and the backward of the softmax builds several more."""
+    width, S, rows = s.N * s.C * FP32, s.S, s.B * s.nh * s.T * FP32
+    # The matmul copies q and k^T into contiguous (B*nh, T, hs) batches unless they already are
+    # (the rotated q and k are); either way (B,nh,T,hs) twice is saved.
+    qk = "rotated q and k" if rotated else "contiguous copies of q and k"
+    return [
+        Step("q @ k^T", [(f"q @ k^T: {qk} (B,nh,T,hs)", 2 * width)], grad_in=2 * width, grad_out=S),
+        Step("* 1/sqrt(hs)", grad_in=S, grad_out=S),
+        Step("causal mask", [("the causal mask (T,T) bool", s.T * s.T)], grad_in=S, grad_out=S),
+        # amax saves its input and output. Its backward routes the gradient to the maxima with a
+        # bool mask (S/4) and that mask as float32 (S); its gradient is then added in place into
+        # the one the scores get from the subtraction, and freed.
+        Step("row max (amax)", [("amax: masked scores (B,nh,T,T)", S), ("amax: row maxima", rows)],
+             grad_in=S, grad_out=rows + S, workspace=S // 4 + S),
+        # scores - max: the scores' gradient is the incoming one, passed on; the max's is a sum.
+        Step("- max", grad_in=rows, workspace=S),
+        Step("exp", [("exp: its result e (B,nh,T,T)", S)], grad_in=S, grad_out=S),
+        Step("row sum", grad_out=rows),  # its gradient is broadcast and added into e's in place
+        # e / sum saves both; d(sum) = -sum(g e / sum^2) takes three T x T temporaries.
+        Step("/ row sum", [("divide: row sums", rows)], grad_in=S + rows, grad_out=S,
+             workspace=3 * S),
+        Step("p @ v", [("p @ v: the probabilities p (B,nh,T,T)", S),
+                       ("p @ v: a contiguous copy of v (B,nh,T,hs)", width)],
+             grad_in=S + width, grad_out=width),
+        _to_tokens_first(width),
+    ]
+
+
+def _to_tokens_first(width):
+    """y.transpose(1, 2).contiguous(): an attention output laid out (B,nh,T,hs) is copied into
+    (B,T,C) order, and c_proj saves the copy; the backward copies the gradient back."""
+    return Step("transpose to (B,T,C)", [("attention output copied to (B,T,C), c_proj's input", width)],
+                grad_in=width, grad_out=width)
+
+
+def _rope(s, name):
+    """Rotates q or k (B,nh,T,hs); the multiplies save only the cos/sin tables (counted once, with
+    the embeddings). The backward rebuilds the gradient from its even and odd halves (about
+    (B,T,C) fp32 of scratch) and copies it back into (B,T,C) order."""
+    width = s.N * s.C * s.act
+    return Step(name, grad_in=width, grad_out=width, workspace=s.N * s.C * FP32)
+
+
+def _block(s, config, model, i, kernels):
+    """Block i, op by op in the order of Block.forward (model.py)."""
+    p = f"h.{i}"
+    C, H = s.C, model.h[i].mlp.c_proj.in_features
+    rotated = config.pos == "rope"
+    materialized = kernels["attention"] == "reference"
+    steps = [_residual_branch_start(s), _norm(s, config, "ln_1", _param_bytes(model, f"{p}.ln_1"))]
+    if s.autocast:
+        steps.append(_to_bf16(s, "ln_1 output", C))
+    steps.append(_linear(s, "c_attn", C, 3 * C, _param_bytes(model, f"{p}.attn.c_attn")))
+    # split into q, k, v: their three gradients are concatenated back into one (B,T,3C).
+    steps.append(Step("split q, k, v", grad_in=3 * s.N * C * s.act, grad_out=3 * s.N * C * s.act))
+    if rotated:
+        steps += [_rope(s, "RoPE on q"), _rope(s, "RoPE on k")]
+    if materialized:
+        steps += _materialized_attention(s, rotated)
+    else:
+        steps += _flash_attention(s, rotated)
+    # c_proj's input is the flash attention's output, saved there, unless it had to be copied
+    # into (B,T,C) order: the CPU kernel lays its output out like q, which RoPE made contiguous.
+    if rotated and not s.cuda and not materialized:
+        steps.append(_to_tokens_first(s.N * C * s.act))
+    # What the gradient reaching the last op of a branch costs: dropout's, when there is one.
+    branch_end = s.N * C * s.act if config.dropout > 0 else _branch_gradient(s)
+    steps.append(_linear(s, "attn.c_proj", C, C, _param_bytes(model, f"{p}.attn.c_proj"),
+                         saves_input=False, grad_out=branch_end))
+    if config.dropout > 0:
+        steps.append(_dropout(s, "attn dropout", s.act, _branch_gradient(s)))
+    steps += [_residual_add(s), _residual_branch_start(s),
+              _norm(s, config, "ln_2", _param_bytes(model, f"{p}.ln_2"))]
+    if s.autocast:
+        steps.append(_to_bf16(s, "ln_2 output", C))
+    if config.mlp == "gelu":
+        steps += [
+            _linear(s, "c_fc", C, H, _param_bytes(model, f"{p}.mlp.c_fc")),
+            Step("gelu", [("gelu: its input (B,T,4C)", s.N * H * s.act)],
+                 grad_in=s.N * H * s.act, grad_out=s.N * H * s.act),
+        ]
+    else:
+        # SwiGLU: c_fc makes gate and up (B,T,2H) at once; silu(gate) * up.
+        steps += [
+            _linear(s, "c_fc", C, 2 * H, _param_bytes(model, f"{p}.mlp.c_fc")),
+            Step("chunk gate, up", grad_in=2 * s.N * H * s.act, grad_out=2 * s.N * H * s.act),
+            # silu saves gate, and the multiply saves up: views that keep all of (B,T,2H).
+            Step("silu", [("c_fc output (B,T,2H): gate and up are views of it", 2 * s.N * H * s.act)],
+                 grad_in=s.N * H * s.act, grad_out=s.N * H * s.act),
+            Step("silu(gate) * up", [("multiply: silu(gate) (B,T,H), for d(up)", s.N * H * s.act)],
+                 grad_in=2 * s.N * H * s.act, grad_out=s.N * H * s.act),
+        ]
+    steps.append(_linear(s, "mlp.c_proj", H, C, _param_bytes(model, f"{p}.mlp.c_proj"),
+                         grad_out=branch_end))
+    if config.dropout > 0:
+        steps.append(_dropout(s, "mlp dropout", s.act, _branch_gradient(s)))
+    steps.append(_residual_add(s))
+    return Layer(f"block {i}", steps)
+
+
+def _embeddings(s, config, model):
+    width = s.N * s.C * FP32  # embeddings and the residual stream are fp32, even under autocast
+    if config.tie_weights:
+        # wte.grad already exists (the head made it): a dense (V,C) gradient is built and the sum
+        # wte.grad + it replaces wte.grad.
+        wte = Step("wte lookup", grad_out=width, workspace=2 * s.V * s.C * FP32)
+    else:
+        wte = Step("wte lookup", grad_out=width, param_grad=s.V * s.C * FP32)
+    # (the token ids it saves are the batch x, counted there)
+    steps = [wte]
+    if config.pos == "learned":
+        steps += [
+            Step("wpe lookup", [("positions 0..T-1 (T,) int64", s.T * INT64)],
+                 grad_out=s.T * s.C * FP32, param_grad=_param_bytes(model, "wpe")),
+            # + broadcasts (T,C) over the batch; its backward sums the gradient over the batch.
+            Step("token + position", grad_in=s.T * s.C * FP32),
+        ]
+    else:
+        steps.append(Step("RoPE tables", [("RoPE cos and sin (T, hs/2) each", s.T * s.hs * FP32)]))
+    if config.dropout > 0:
+        steps.append(_dropout(s, "embedding dropout", FP32, width))
+    return Layer("embeddings", steps)
+
+
+def _head(s, config, model):
+    logits = s.N * s.V
+    steps = [_norm(s, config, "ln_f", _param_bytes(model, "ln_f"))]
+    if s.autocast:
+        steps.append(_to_bf16(s, "ln_f output", s.C))
+    head_bytes = s.V * s.C * FP32  # creates wte.grad (tied) or lm_head.weight.grad
+    steps.append(_linear(s, "lm_head (x @ W^T)", s.C, s.V, head_bytes))
+    if s.autocast:  # cross-entropy runs in fp32: autocast copies the bf16 logits to fp32
+        steps.append(Step("logits (to fp32)", grad_in=logits * BF16, grad_out=logits * FP32))
+    steps += [
+        # cross_entropy = log_softmax, then nll_loss picks -log p[target]. log_softmax saves its
+        # result: its gradient is g - softmax * sum(g). nll_loss saves the targets (the batch y).
+        Step("log_softmax", [("log_softmax: its result (B*T,V) fp32", logits * FP32)],
+             grad_in=logits * FP32, grad_out=logits * FP32),
+        Step("nll_loss", grad_in=logits * FP32),  # a (B*T,V) gradient, -1/N at each target
+    ]
+    return Layer("head + loss", steps)
+
+
+def _resolve(kernels):
+    """A --kernels selection as {op: backend}; only the attention may be on the reference
+    backend (the other reference ops are chains of small ops not modelled here)."""
+    choice = ops.parse(kernels)
+    unmodelled = sorted(op for op, b in choice.items() if b == "reference" and op != "attention")
+    if unmodelled:
+        raise ConfigError(
+            f"the memory model covers the reference backend for attention only, not for "
+            f"{', '.join(unmodelled)}; use --kernels attention=reference for the materialized "
+            "attention with the other ops fused")
+    return choice
+
+
+def _check(config, batch_size, dtype, device):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
+
+
+def predict_training_memory(config, batch_size, *, dtype="float32", device="cpu", kernels="torch",
+                            activation_checkpointing=False):
+    """Predict the peak bytes of one training step (full context, B = batch_size).
+
+    dtype: "float32" or "bfloat16" (autocast, as train.py on a GPU); device: "cpu" or "cuda";
+    kernels: a --kernels selection string (attention=reference: the materialized attention).
+    """
+    _check(config, batch_size, dtype, device)
+    choice = _resolve(kernels)
+    if choice["attention"] == "reference" and dtype != "float32":
+        raise ConfigError("the materialized (reference) attention is modelled in float32 only")
+    s = _Shapes(config, batch_size, dtype, device)
+    with torch.device("meta"):  # the parameter shapes, without memory
+        model = GPT(config)
+    params = [p for group in model.param_groups(0.0) for p in group["params"]]  # AdamW's order
+    P = sum(p.numel() for p in params) * FP32
+
+    layers = [_embeddings(s, config, model)]
+    for i in range(config.n_layer):
+        block = _block(s, config, model, i, choice)
+        if activation_checkpointing:
+            # non-reentrant torch.utils.checkpoint: the block's input, and the CPU RNG state so the
+            # rerun draws the same dropout masks (a CPU tensor: no GPU memory).
+            rng = 0 if s.cuda else torch.get_rng_state().numel()
+            block.kept = [("block input (B,T,C), to rerun the block", s.N * s.C * FP32),
+                          ("CPU RNG state", rng)]
+        layers.append(block)
+    layers.append(_head(s, config, model))
+
+    logits = s.N * s.V * s.act
+    optimizer_state = 2 * P + len(params) * FP32  # exp_avg, exp_avg_sq, a float32 step each
+    batch_and_logits = 2 * s.N * INT64 + logits
+    held = P + optimizer_state + batch_and_logits  # before the forward and after the backward
+
+    # Forward: activations pile up while the caller still holds the previous step's logits (in
+    # `held`; train.py rebinds `_` only when the call returns). Inside a checkpointed block all
+    # its saved tensors exist until the block returns. At the end both logits exist.
+    running = forward_peak = held
+    for layer in layers:
+        forward_peak = max(forward_peak, running + layer.saved_bytes)
+        running += layer.activation_bytes
+    ce_copy = s.N * s.V * FP32 if s.autocast else 0  # the fp32 logits made for the loss
+    forward_peak = max(forward_peak, running + logits + ce_copy)
+
+    activations = sum(layer.activation_bytes for layer in layers)
+    backward_peak, after = _backward_peak(layers, held + activations)
+    assert after == held + P, "every gradient but the parameters' must be freed"
+
+    # Optimizer step: gradients of every parameter, plus AdamW's one temporary per parameter,
+    # denom = sqrt(v / (1 - beta2^t)) + eps. The local `denom` still holds the previous
+    # parameter's while the next one is computed, so two neighbours are alive at once.
+    sizes = [p.numel() * FP32 for p in params]
+    pair = max([a + b for a, b in zip(sizes, sizes[1:])] or sizes)
+    optimizer_peak = held + P + pair
+
+    setting = (f"{dtype}, {device}, kernels {kernels}, "
+               f"activation checkpointing {'on' if activation_checkpointing else 'off'}")
+    return MemoryPrediction(
+        config=config, batch_size=batch_size, setting=setting, parameters=P, gradients=P,
+        optimizer_state=optimizer_state, batch_and_logits=batch_and_logits,
+        activations=[(layer.name, layer.activation_bytes) for layer in layers],
+        backward_transient=backward_peak - held - activations, forward_peak=forward_peak,
+        backward_peak=backward_peak, optimizer_peak=optimizer_peak, layers=layers)
+
+
+def _backward_peak(layers, live):
+    """Walk the backward from the loss down to the embeddings. `live` is every byte held when it
+    starts; returns the highest value reached and the value at the end."""
+    peak = live
+    for layer in reversed(layers):
+        if layer.kept is not None:  # checkpointed: rerun the forward, its saved tensors return
+            live += layer.saved_bytes - layer.kept[0][1]
+            peak = max(peak, live)
+        for step in reversed(layer.steps):
+            peak = max(peak, live + step.grad_in + step.param_grad + step.workspace)
+            live += step.grad_in + step.param_grad - step.grad_out - step.saved_bytes
+        if layer.kept is not None:
+            live -= sum(n for _, n in layer.kept[1:])
+    return peak, live
+
+
+def format_prediction(pred, measured=None):
+    """The breakdown as a plain-text table; with `measured` (bytes), that and the ratio too."""
+    rows = [("parameters", pred.parameters),
+            ("optimizer state (AdamW m, v, step)", pred.optimizer_state),
+            ("batch + logits (kept by the caller)", pred.batch_and_logits)]
+    rows += [(f"activations: {name}", n) for name, n in pred.activations]
+    rows += [("backward: gradients + temporaries at its peak", pred.backward_transient),
+             None,
+             ("= backward peak", pred.backward_peak),
+             ("forward peak", pred.forward_peak),
+             ("optimizer step peak", pred.optimizer_peak),
+             (f"predicted peak ({pred.peak_phase})", pred.peak)]
+    if measured is not None:
+        rows.append(("measured peak", measured))
+    c = pred.config
+    lines = [f"training memory, {c.n_layer} layers x {c.n_embd} wide, batch {pred.batch_size} x "
+             f"{c.block_size} tokens ({pred.setting})"]
+    for row in rows:
+        lines.append("-" * 60 if row is None else f"{row[0]:<46}{row[1] / MIB:>10.2f} MiB")
+    if measured is not None:
+        lines.append(f"{'predicted / measured':<46}{pred.peak / measured:>10.3f}")
+    return "\n".join(lines)
+
+
+def cpu_peak_bytes(fn):
+    """Run fn() under torch.profiler and return the most CPU bytes that were allocated at once.
+
+    With profile_memory=True the profiler records a "[memory]" event per allocation (+bytes) and
+    per free (-bytes) made while it runs. A running sum over them in time order is the live
+    bytes; its maximum is the peak. Memory allocated before the profiler started is invisible
+    (and so are its frees), so fn must build everything it uses: the model, the optimizer.
+    """
+    gc.collect()  # no stray frees of older tensors in the middle of the measurement
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def measure_training_memory(config, batch_size, device="cpu", *, dtype="float32", kernels="torch",
+                            activation_checkpointing=False, grad_clip=1.0, steps=2, seed=0):
+    """Build the model and the project's AdamW, run `steps` training steps on random tokens the
+    way train.py does, and return the peak bytes allocated. Two steps: AdamW creates its state
+    in the first step, so only the second holds the state through its backward.
+
+    CUDA: torch.cuda.max_memory_allocated() above what was allocated before. CPU: the profiler's
+    memory events (cpu_peak_bytes). dtype "bfloat16" runs the forward under autocast.
+    """
+    _check(config, batch_size, dtype, device)
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def train():
+        torch.manual_seed(seed)
+        model = GPT(config).to(device).train()
+        model.activation_checkpointing = activation_checkpointing
+        optimizer = AdamW(model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.99))
+        for _step in range(steps):
+            x, y = (torch.randint(0, config.vocab_size, (batch_size, config.block_size),
+                                  device=device) for _pair in range(2))
+            with autocast:
+                logits, loss = model(x, y)  # kept until the next step returns, as in train.py
+            loss.backward()
+            if grad_clip > 0:
+                clip_grad_norm(model.parameters(), grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    with ops.use_kernels(kernels):
+        if device.type != "cuda":
+            return cpu_peak_bytes(train)
+        gc.collect()
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        train()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
