@@ -284,7 +284,16 @@ class Tensor:
 
     def tanh(self):
         out = np.tanh(self.data)
-        return make(out, (self,), lambda g: (g * (1 - out * out),), "tanh")
+
+        def backward(g):
+            # g * (1 - out^2), d tanh(a)/da = 1 - tanh(a)^2, written into one new buffer
+            # instead of three temporaries: measurably faster on a 512 x 1024 hidden layer.
+            local = np.multiply(out, out, out=np.empty_like(out))
+            np.subtract(1, local, out=local)
+            local *= g
+            return (local,)
+
+        return make(out, (self,), backward, "tanh")
 
     def relu(self):
         return make(np.maximum(self.data, 0), (self,),
