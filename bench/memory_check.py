@@ -61,8 +61,9 @@ def main():
     gpu = predict_training_memory(config, batch, dtype="bfloat16", device="cuda")
 
     m = machine()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "mini_llm", "bench/memory_check.py"],
-                           capture_output=True, text=True).stdout.strip()
+    used = ["mini_llm/memory.py", "mini_llm/model.py", "mini_llm/optim.py", "mini_llm/ops", __file__]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *used], capture_output=True,
+                           text=True).stdout.strip()
     m.update(git_commit=m["git_commit"] + ("+dirty" if dirty else ""),
              command="python " + " ".join(sys.argv))
     result = {"benchmark": f"{PRESET}: batch {batch}, context {config.block_size}, training step "
