@@ -243,11 +243,22 @@ def _materialized_attention(s, rotated):
     T x T matrices per layer stay saved (the masked scores for amax, exp's result, the
     probabilities for p @ v), and the backward of the softmax builds several more."""
     width, S, rows = s.N * s.C * FP32, s.S, s.B * s.nh * s.T * FP32
-    # The matmul copies q and k^T into contiguous (B*nh, T, hs) batches unless they already are
-    # (the rotated q and k are); either way (B,nh,T,hs) twice is saved.
-    qk = "rotated q and k" if rotated else "contiguous copies of q and k"
+    # The matmuls flatten (B, nh) into one batch dimension. q, k, v are views into c_attn's
+    # output (B,T,3C), which needs a copy for that, unless B or nh is 1; the rotated q and k are
+    # contiguous already. A saved view keeps all of (B,T,3C) alive, until the last op saving one
+    # (in the backward: q @ k^T if q and k are views, else p @ v) is differentiated.
+    views = s.B == 1 or s.nh == 1
+    qkv = ("c_attn output (B,T,3C): the views saved here keep it", 3 * width)
+    if rotated:
+        saved_qk = [("q @ k^T: the rotated q and k (B,nh,T,hs)", 2 * width)]
+    else:
+        saved_qk = [qkv] if views else [("q @ k^T: contiguous copies of q and k", 2 * width)]
+    if not views:
+        saved_v = [("p @ v: a contiguous copy of v (B,nh,T,hs)", width)]
+    else:
+        saved_v = [qkv] if rotated else []  # (else q @ k^T's views keep it already)
     return [
-        Step("q @ k^T", [(f"q @ k^T: {qk} (B,nh,T,hs)", 2 * width)], grad_in=2 * width, grad_out=S),
+        Step("q @ k^T", saved_qk, grad_in=2 * width, grad_out=S),
         Step("* 1/sqrt(hs)", grad_in=S, grad_out=S),
         Step("causal mask", [("the causal mask (T,T) bool", s.T * s.T)], grad_in=S, grad_out=S),
         # amax saves its input and output. Its backward routes the gradient to the maxima with a
@@ -262,8 +273,7 @@ def _materialized_attention(s, rotated):
         # e / sum saves both; d(sum) = -sum(g e / sum^2) takes three T x T temporaries.
         Step("/ row sum", [("divide: row sums", rows)], grad_in=S + rows, grad_out=S,
              workspace=3 * S),
-        Step("p @ v", [("p @ v: the probabilities p (B,nh,T,T)", S),
-                       ("p @ v: a contiguous copy of v (B,nh,T,hs)", width)],
+        Step("p @ v", [("p @ v: the probabilities p (B,nh,T,T)", S), *saved_v],
              grad_in=S + width, grad_out=width),
         _to_tokens_first(width),
     ]
@@ -303,8 +313,9 @@ def _block(s, config, model, i, kernels):
     else:
         steps += _flash_attention(s, rotated)
     # c_proj's input is the flash attention's output, saved there, unless it had to be copied
-    # into (B,T,C) order: the CPU kernel lays its output out like q, which RoPE made contiguous.
-    if rotated and not s.cuda and not materialized:
+    # into (B,T,C) order: the CPU kernel lays its output out like q, which RoPE made contiguous
+    # (with one head, (B,1,T,hs) is already in (B,T,C) order).
+    if rotated and not s.cuda and not materialized and s.nh > 1:
         steps.append(_to_tokens_first(s.N * C * s.act))
     # What the gradient reaching the last op of a branch costs: dropout's, when there is one.
     branch_end = s.N * C * s.act if config.dropout > 0 else _branch_gradient(s)
