@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from . import ops
+from . import nvtx, ops
 from .errors import ConfigError
 from .ops.reference import apply_rope, rope_tables
 
@@ -156,8 +156,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope=None, cache=None, start=0):
-        x = x + self.attn(self.ln_1(x), rope, cache, start)
-        return x + self.mlp(self.ln_2(x))
+        with nvtx.range(f"layer {self.attn.layer}"):
+            x = x + self.attn(self.ln_1(x), rope, cache, start)
+            return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):

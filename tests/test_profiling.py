@@ -8,6 +8,7 @@ import torch
 from mini_llm import nvtx, ops
 from mini_llm.cli import main
 from mini_llm.errors import ConfigError
+from mini_llm.model import GPT, GPTConfig
 
 
 def test_profile_writes_a_trace_and_the_top_ops(tmp_path, capsys):
@@ -39,3 +40,14 @@ def test_ranges_name_the_op_and_its_backend(monkeypatch):
     with nvtx.range("step 0"):
         pass
     assert pushed == ["layer_norm[reference]", "gelu[torch]", "step 0"]
+
+
+def test_each_layer_is_a_range(monkeypatch):
+    pushed = []
+    monkeypatch.setattr(nvtx, "_enabled", True)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", pushed.append)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: None)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8))
+    model(torch.zeros(1, 4, dtype=torch.long))
+    assert [p for p in pushed if p.startswith("layer ")] == ["layer 0", "layer 1"]
+    assert pushed.index("layer 1") > pushed.index("attention[torch]") > pushed.index("layer 0")
