@@ -38,7 +38,7 @@ CASES = [  # name, --kernels, activation checkpointing
 
 def breakdown(pred):
     return {"parameters": pred.parameters, "optimizer_state": pred.optimizer_state,
-            "batch_and_logits": pred.batch_and_logits,
+            "batch": pred.batch,
             "activations": dict(pred.activations),
             "backward_transient": pred.backward_transient, "forward_peak": pred.forward_peak,
             "backward_peak": pred.backward_peak, "optimizer_peak": pred.optimizer_peak,

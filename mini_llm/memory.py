@@ -5,7 +5,7 @@ A training step (forward, backward, optimizer step, as train.py runs it) holds:
 
   parameters        P floats
   optimizer state   AdamW's exp_avg and exp_avg_sq, 2 P floats, and a step counter per tensor
-  batch + logits    x, y and the logits (B, T, V) that the caller keeps (train.py's `_, loss =`)
+  batch             x and y, (B, T) int64 each (the logits are dropped as the forward returns)
   activations       every tensor autograd saves in the forward for the backward, layer by layer
   gradients         P floats, created layer by layer as the backward goes from the loss down
   temporaries       the gradients flowing through the op being differentiated, and its scratch
@@ -109,7 +109,7 @@ class MemoryPrediction:
     parameters: int
     gradients: int
     optimizer_state: int
-    batch_and_logits: int
+    batch: int
     activations: list
     backward_transient: int  # gradients so far + temporaries (+ a recomputed block) at its peak
     forward_peak: int
@@ -448,12 +448,12 @@ def predict_training_memory(config, batch_size, *, dtype="float32", device="cpu"
 
     logits = s.N * s.V * s.act
     optimizer_state = 2 * P + len(params) * FP32  # exp_avg, exp_avg_sq, a float32 step each
-    batch_and_logits = 2 * s.N * INT64 + logits
-    held = P + optimizer_state + batch_and_logits  # before the forward and after the backward
+    batch = 2 * s.N * INT64
+    held = P + optimizer_state + batch  # before the forward and after the backward
 
-    # Forward: activations pile up while the caller still holds the previous step's logits (in
-    # `held`; train.py rebinds `_` only when the call returns). Inside a checkpointed block all
-    # its saved tensors exist until the block returns. At the end both logits exist.
+    # Forward: activations pile up. Inside a checkpointed block all its saved tensors exist
+    # until the block returns. At the end the logits exist too, until train.py keeps only the
+    # loss: no op saves the logits themselves for the backward.
     running = forward_peak = held
     for layer in layers:
         forward_peak = max(forward_peak, running + layer.saved_bytes)
@@ -466,17 +466,14 @@ def predict_training_memory(config, batch_size, *, dtype="float32", device="cpu"
     assert after == held + P, "every gradient but the parameters' must be freed"
 
     # Optimizer step: gradients of every parameter, plus AdamW's one temporary per parameter,
-    # denom = sqrt(v / (1 - beta2^t)) + eps. The local `denom` still holds the previous
-    # parameter's while the next one is computed, so two neighbours are alive at once.
-    sizes = [p.numel() * FP32 for p in params]
-    pair = max([a + b for a, b in zip(sizes, sizes[1:])] or sizes)
-    optimizer_peak = held + P + pair
+    # denom = sqrt(v / (1 - beta2^t)) + eps, freed before the next parameter's is made.
+    optimizer_peak = held + P + max(p.numel() * FP32 for p in params)
 
     setting = (f"{dtype}, {device}, kernels {kernels}, "
                f"activation checkpointing {'on' if activation_checkpointing else 'off'}")
     return MemoryPrediction(
         config=config, batch_size=batch_size, setting=setting, parameters=P, gradients=P,
-        optimizer_state=optimizer_state, batch_and_logits=batch_and_logits,
+        optimizer_state=optimizer_state, batch=batch,
         activations=[(layer.name, layer.activation_bytes) for layer in layers],
         backward_transient=backward_peak - held - activations, forward_peak=forward_peak,
         backward_peak=backward_peak, optimizer_peak=optimizer_peak, layers=layers)
@@ -502,7 +499,7 @@ def format_prediction(pred, measured=None):
     """The breakdown as a plain-text table; with `measured` (bytes), that and the ratio too."""
     rows = [("parameters", pred.parameters),
             ("optimizer state (AdamW m, v, step)", pred.optimizer_state),
-            ("batch + logits (kept by the caller)", pred.batch_and_logits)]
+            ("batch (x, y)", pred.batch)]
     rows += [(f"activations: {name}", n) for name, n in pred.activations]
     rows += [("backward: gradients + temporaries at its peak", pred.backward_transient),
              None,
@@ -566,7 +563,7 @@ def measure_training_memory(config, batch_size, device="cpu", *, dtype="float32"
             x, y = (torch.randint(0, config.vocab_size, (batch_size, config.block_size),
                                   device=device) for _pair in range(2))
             with autocast:
-                logits, loss = model(x, y)  # kept until the next step returns, as in train.py
+                loss = model(x, y)[1]  # the logits are freed here, as in train.py
             loss.backward()
             if grad_clip > 0:
                 clip_grad_norm(model.parameters(), grad_clip)

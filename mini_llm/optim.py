@@ -38,6 +38,7 @@ class AdamW(torch.optim.Optimizer):
                 p.mul_(1 - lr * wd)
                 denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
                 p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+                del denom  # else it stays alive while the next parameter's is made
 
 
 def lr_at(it, lr, min_lr, warmup_iters, decay_iters):

@@ -36,7 +36,7 @@ def synthetic_training(preset_name, device, vocab_size=65, seed=0):
 
     def train_step():
         with autocast:
-            _, loss = model(x, y)
+            loss = model(x, y)[1]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -71,7 +71,7 @@ def test_breakdown_adds_up_and_checkpointing_keeps_block_inputs():
     plain = predict_training_memory(config, 4)
     names = [name for name, _ in plain.activations]
     assert names == ["embeddings", "block 0", "block 1", "head + loss"]
-    held = plain.parameters + plain.optimizer_state + plain.batch_and_logits
+    held = plain.parameters + plain.optimizer_state + plain.batch
     activations = sum(n for _, n in plain.activations)
     assert held + activations + plain.backward_transient == plain.backward_peak
     assert plain.peak == max(plain.forward_peak, plain.backward_peak, plain.optimizer_peak)
