@@ -71,7 +71,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self._parents = ()
         self._backward = None  # G -> (dL/d(parent) for each parent); None for a leaf
-        self.op = ""  # what made it, for error messages and for printing the graph
+        self.op = ""  # the operation that made it, shown by repr: a graph you can inspect
 
     shape = property(lambda self: self.data.shape)
     ndim = property(lambda self: self.data.ndim)
@@ -82,18 +82,8 @@ class Tensor:
         made_by = f", op={self.op!r}" if self.op else ""
         return f"Tensor(shape={self.shape}, dtype={self.dtype}{made_by})"
 
-    def numpy(self):
-        return self.data
-
     def item(self):
         return self.data.item()
-
-    def detach(self):
-        """The same data, cut from the graph."""
-        return Tensor(self.data)
-
-    def zero_grad(self):
-        self.grad = None
 
     # ---- operands --------------------------------------------------------------------------
 
