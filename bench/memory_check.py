@@ -61,7 +61,7 @@ def main():
     gpu = predict_training_memory(config, batch, dtype="bfloat16", device="cuda")
 
     m = machine()
-    used = ["mini_llm/memory.py", "mini_llm/model.py", "mini_llm/optim.py", "mini_llm/ops", __file__]
+    used = ["mini_llm/memory", "mini_llm/model.py", "mini_llm/optim.py", "mini_llm/ops", __file__]
     dirty = subprocess.run(["git", "status", "--porcelain", "--", *used], capture_output=True,
                            text=True).stdout.strip()
     m.update(git_commit=m["git_commit"] + ("+dirty" if dirty else ""),

@@ -1,54 +1,11 @@
-"""Training memory: how many bytes one training step holds at its highest point, predicted from
-the shapes alone, and measured.
-
-A training step (forward, backward, optimizer step, as train.py runs it) holds:
-
-  parameters        P floats
-  optimizer state   AdamW's exp_avg and exp_avg_sq, 2 P floats, and a step counter per tensor
-  batch             x and y, (B, T) int64 each (the logits are dropped as the forward returns)
-  activations       every tensor autograd saves in the forward for the backward, layer by layer
-  gradients         P floats, created layer by layer as the backward goes from the loss down
-  temporaries       the gradients flowing through the op being differentiated, and its scratch
-
-The backward frees each op's saved tensors once that op is differentiated, while the parameter
-gradients grow; so the peak usually comes early in the backward, in the last block, on top of
-nearly all activations. `predict_training_memory` walks the backward op by op (a `Step` per op,
-in forward order) to find it. Each op below says which tensors it saves and why; the counts were
-checked node by node against PyTorch 2.13 on CPU (the saved tensors through grad_fn._saved_*,
-every allocation through the profiler), and tests/test_memory.py checks the total against
-`measure_training_memory`.
+"""What each op of a training step keeps for its backward, and what its backward creates and
+frees: one `Step` per op, grouped into a `Layer` per block. predict.py walks them.
 
 Notation: B batch, T context, C = n_embd, nh heads, hs = C // nh, V vocabulary, H the MLP's
 hidden width, N = B * T tokens, S = B * nh * T * T * 4 (one float32 attention matrix). Bytes.
-
-What is modelled:
-  dtype "float32", or "bfloat16": autocast as train.py uses it (matmuls and attention in bf16;
-    embeddings, norms, the residual stream, the loss and all parameters and gradients in fp32).
-  device "cpu" or "cuda": on CUDA dropout saves a bool mask (1 byte), on CPU a mask of the
-    input's dtype; the CPU flash kernel's output follows q's memory layout, so with RoPE the
-    attention output is copied before c_proj; PyTorch's CPU rms_norm is a chain of ops
-    (saves more), CUDA's is one fused kernel.
-  kernels: a --kernels selection. attention=reference is the materialized attention (it keeps
-    three T x T matrices per layer); the other ops are modelled on their fused backends (torch;
-    the Triton and CUDA kernels are assumed to save what the torch ones save).
-  activation checkpointing: each block keeps only its input; its backward reruns its forward.
-
-Not modelled: allocator rounding (the CUDA caching allocator rounds each block up to 512 bytes),
-the CPU attention kernel's per-thread tiles (a few hundred KB), scalars, cuBLAS / oneDNN scratch.
-Checked here on CPU (float32 and CPU bf16 autocast); the CUDA rules (bool masks, FlashAttention's
-fp32 dq accumulator, fused rms_norm) follow PyTorch's kernels but have not been measured yet.
 """
 
-import gc
 from dataclasses import dataclass, field
-
-import torch
-from torch.autograd import DeviceType
-
-from . import ops
-from .errors import ConfigError
-from .model import GPT, GPTConfig
-from .optim import AdamW, clip_grad_norm
 
 FP32, BF16, INT64 = 4, 2, 8
 MIB = 2**20
@@ -99,36 +56,7 @@ class Layer:
         return self.saved_bytes if self.kept is None else sum(n for _, n in self.kept)
 
 
-@dataclass
-class MemoryPrediction:
-    """Bytes. `activations` lists (layer name, bytes held from the forward to the backward)."""
-
-    config: GPTConfig
-    batch_size: int
-    setting: str  # dtype, device, kernels, checkpointing in words
-    parameters: int
-    gradients: int
-    optimizer_state: int
-    batch: int
-    activations: list
-    backward_transient: int  # gradients so far + temporaries (+ a recomputed block) at its peak
-    forward_peak: int
-    backward_peak: int
-    optimizer_peak: int
-    layers: list  # the Layer objects, for a closer look
-
-    @property
-    def peak(self):
-        return max(self.forward_peak, self.backward_peak, self.optimizer_peak)
-
-    @property
-    def peak_phase(self):
-        phases = {"forward": self.forward_peak, "backward": self.backward_peak,
-                  "optimizer step": self.optimizer_peak}
-        return max(phases, key=phases.get)
-
-
-class _Shapes:
+class Shapes:
     """The sizes every op needs, and the dtype and device rules that apply to them."""
 
     def __init__(self, config, batch_size, dtype, device):
@@ -294,7 +222,7 @@ def _rope(s, name):
     return Step(name, grad_in=width, grad_out=width, workspace=s.N * s.C * FP32)
 
 
-def _block(s, config, model, i, kernels):
+def block_layer(s, config, model, i, kernels):
     """Block i, op by op in the order of Block.forward (model.py)."""
     p = f"h.{i}"
     C, H = s.C, model.h[i].mlp.c_proj.in_features
@@ -352,7 +280,7 @@ def _block(s, config, model, i, kernels):
     return Layer(f"block {i}", steps)
 
 
-def _embeddings(s, config, model):
+def embeddings_layer(s, config, model):
     width = s.N * s.C * FP32  # embeddings and the residual stream are fp32, even under autocast
     if config.tie_weights:
         # wte.grad already exists (the head made it): a dense (V,C) gradient is built and the sum
@@ -376,7 +304,7 @@ def _embeddings(s, config, model):
     return Layer("embeddings", steps)
 
 
-def _head(s, config, model):
+def head_layer(s, config, model):
     logits = s.N * s.V
     steps = [_norm(s, config, "ln_f", _param_bytes(model, "ln_f"))]
     if s.autocast:
@@ -393,190 +321,3 @@ def _head(s, config, model):
         Step("nll_loss", grad_in=logits * FP32),  # a (B*T,V) gradient, -1/N at each target
     ]
     return Layer("head + loss", steps)
-
-
-def _resolve(kernels):
-    """A --kernels selection as {op: backend}; only the attention may be on the reference
-    backend (the other reference ops are chains of small ops not modelled here)."""
-    choice = ops.parse(kernels)
-    unmodelled = sorted(op for op, b in choice.items() if b == "reference" and op != "attention")
-    if unmodelled:
-        raise ConfigError(
-            f"the memory model covers the reference backend for attention only, not for "
-            f"{', '.join(unmodelled)}; use --kernels attention=reference for the materialized "
-            "attention with the other ops fused")
-    return choice
-
-
-def _check(config, batch_size, dtype, device):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"dtype must be float32 or bfloat16, got {dtype!r}")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-
-
-def predict_training_memory(config, batch_size, *, dtype="float32", device="cpu", kernels="torch",
-                            activation_checkpointing=False):
-    """Predict the peak bytes of one training step (full context, B = batch_size).
-
-    dtype: "float32" or "bfloat16" (autocast, as train.py on a GPU); device: "cpu" or "cuda";
-    kernels: a --kernels selection string (attention=reference: the materialized attention).
-    """
-    _check(config, batch_size, dtype, device)
-    choice = _resolve(kernels)
-    if choice["attention"] == "reference" and dtype != "float32":
-        raise ConfigError("the materialized (reference) attention is modelled in float32 only")
-    s = _Shapes(config, batch_size, dtype, device)
-    with torch.device("meta"):  # the parameter shapes, without memory
-        model = GPT(config)
-    params = [p for group in model.param_groups(0.0) for p in group["params"]]  # AdamW's order
-    P = sum(p.numel() for p in params) * FP32
-
-    layers = [_embeddings(s, config, model)]
-    for i in range(config.n_layer):
-        block = _block(s, config, model, i, choice)
-        if activation_checkpointing:
-            # non-reentrant torch.utils.checkpoint: the block's input, and the CPU RNG state so the
-            # rerun draws the same dropout masks (a CPU tensor: no GPU memory).
-            rng = 0 if s.cuda else torch.get_rng_state().numel()
-            block.kept = [("block input (B,T,C), to rerun the block", s.N * s.C * FP32),
-                          ("CPU RNG state", rng)]
-        layers.append(block)
-    layers.append(_head(s, config, model))
-
-    logits = s.N * s.V * s.act
-    optimizer_state = 2 * P + len(params) * FP32  # exp_avg, exp_avg_sq, a float32 step each
-    batch = 2 * s.N * INT64
-    held = P + optimizer_state + batch  # before the forward and after the backward
-
-    # Forward: activations pile up. Inside a checkpointed block all its saved tensors exist
-    # until the block returns. At the end the logits exist too, until train.py keeps only the
-    # loss: no op saves the logits themselves for the backward.
-    running = forward_peak = held
-    for layer in layers:
-        forward_peak = max(forward_peak, running + layer.saved_bytes)
-        running += layer.activation_bytes
-    ce_copy = s.N * s.V * FP32 if s.autocast else 0  # the fp32 logits made for the loss
-    forward_peak = max(forward_peak, running + logits + ce_copy)
-
-    activations = sum(layer.activation_bytes for layer in layers)
-    backward_peak, after = _backward_peak(layers, held + activations)
-    assert after == held + P, "every gradient but the parameters' must be freed"
-
-    # Optimizer step: gradients of every parameter, plus AdamW's one temporary per parameter,
-    # denom = sqrt(v / (1 - beta2^t)) + eps, freed before the next parameter's is made.
-    optimizer_peak = held + P + max(p.numel() * FP32 for p in params)
-
-    setting = (f"{dtype}, {device}, kernels {kernels}, "
-               f"activation checkpointing {'on' if activation_checkpointing else 'off'}")
-    return MemoryPrediction(
-        config=config, batch_size=batch_size, setting=setting, parameters=P, gradients=P,
-        optimizer_state=optimizer_state, batch=batch,
-        activations=[(layer.name, layer.activation_bytes) for layer in layers],
-        backward_transient=backward_peak - held - activations, forward_peak=forward_peak,
-        backward_peak=backward_peak, optimizer_peak=optimizer_peak, layers=layers)
-
-
-def _backward_peak(layers, live):
-    """Walk the backward from the loss down to the embeddings. `live` is every byte held when it
-    starts; returns the highest value reached and the value at the end."""
-    peak = live
-    for layer in reversed(layers):
-        if layer.kept is not None:  # checkpointed: rerun the forward, its saved tensors return
-            live += layer.saved_bytes - layer.kept[0][1]
-            peak = max(peak, live)
-        for step in reversed(layer.steps):
-            peak = max(peak, live + step.grad_in + step.param_grad + step.workspace)
-            live += step.grad_in + step.param_grad - step.grad_out - step.saved_bytes
-        if layer.kept is not None:
-            live -= sum(n for _, n in layer.kept[1:])
-    return peak, live
-
-
-def format_prediction(pred, measured=None):
-    """The breakdown as a plain-text table; with `measured` (bytes), that and the ratio too."""
-    rows = [("parameters", pred.parameters),
-            ("optimizer state (AdamW m, v, step)", pred.optimizer_state),
-            ("batch (x, y)", pred.batch)]
-    rows += [(f"activations: {name}", n) for name, n in pred.activations]
-    rows += [("backward: gradients + temporaries at its peak", pred.backward_transient),
-             None,
-             ("= backward peak", pred.backward_peak),
-             ("forward peak", pred.forward_peak),
-             ("optimizer step peak", pred.optimizer_peak),
-             (f"predicted peak ({pred.peak_phase})", pred.peak)]
-    if measured is not None:
-        rows.append(("measured peak", measured))
-    c = pred.config
-    lines = [f"training memory, {c.n_layer} layers x {c.n_embd} wide, batch {pred.batch_size} x "
-             f"{c.block_size} tokens ({pred.setting})"]
-    for row in rows:
-        lines.append("-" * 60 if row is None else f"{row[0]:<46}{row[1] / MIB:>10.2f} MiB")
-    if measured is not None:
-        lines.append(f"{'predicted / measured':<46}{pred.peak / measured:>10.3f}")
-    return "\n".join(lines)
-
-
-def cpu_peak_bytes(fn):
-    """Run fn() under torch.profiler and return the most CPU bytes that were allocated at once.
-
-    With profile_memory=True the profiler records a "[memory]" event per allocation (+bytes) and
-    per free (-bytes) made while it runs. A running sum over them in time order is the live
-    bytes; its maximum is the peak. Memory allocated before the profiler started is invisible
-    (and so are its frees), so fn must build everything it uses: the model, the optimizer.
-    """
-    gc.collect()  # no stray frees of older tensors in the middle of the measurement
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def measure_training_memory(config, batch_size, device="cpu", *, dtype="float32", kernels="torch",
-                            activation_checkpointing=False, grad_clip=1.0, steps=2, seed=0):
-    """Build the model and the project's AdamW, run `steps` training steps on random tokens the
-    way train.py does, and return the peak bytes allocated. Two steps: AdamW creates its state
-    in the first step, so only the second holds the state through its backward.
-
-    CUDA: torch.cuda.max_memory_allocated() above what was allocated before. CPU: the profiler's
-    memory events (cpu_peak_bytes). dtype "bfloat16" runs the forward under autocast.
-    """
-    _check(config, batch_size, dtype, device)
-    device = torch.device(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-    def train():
-        torch.manual_seed(seed)
-        model = GPT(config).to(device).train()
-        model.activation_checkpointing = activation_checkpointing
-        optimizer = AdamW(model.param_groups(0.1), lr=1e-3, betas=(0.9, 0.99))
-        for _step in range(steps):
-            x, y = (torch.randint(0, config.vocab_size, (batch_size, config.block_size),
-                                  device=device) for _pair in range(2))
-            with autocast:
-                loss = model(x, y)[1]  # the logits are freed here, as in train.py
-            loss.backward()
-            if grad_clip > 0:
-                clip_grad_norm(model.parameters(), grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    with ops.use_kernels(kernels):
-        if device.type != "cuda":
-            return cpu_peak_bytes(train)
-        gc.collect()
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        train()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
