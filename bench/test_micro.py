@@ -1,9 +1,13 @@
 """CPU micro-benchmarks with pytest-benchmark: the reference ops against PyTorch's, and one
 training step. Never part of the normal test command (pytest only collects tests/).
 
-    pytest bench/ --benchmark-only --benchmark-autosave      # saves .benchmarks/<machine>/0001_*.json
-    pytest bench/ --benchmark-only --benchmark-compare       # compares with the last saved run
-    pytest bench/ --benchmark-only --benchmark-compare=0001 --benchmark-compare-fail=median:10%
+    pytest bench/ --benchmark-only                                    # run and print
+    pytest bench/ --benchmark-only $STORE --benchmark-compare=0001    # compare with the baseline
+    pytest bench/ --benchmark-only $STORE --benchmark-compare=0001 --benchmark-compare-fail=median:10%
+    pytest bench/ --benchmark-only $STORE --benchmark-save=NAME        # save a new baseline
+
+with STORE="--benchmark-storage=file://bench/results/micro": 0001_cpu is the 2-core CPU
+development machine's baseline (compare only with runs on the same kind of machine).
 
 Each benchmark also asserts its result matches PyTorch's, so a fast wrong op cannot pass.
 """
