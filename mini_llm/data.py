@@ -142,10 +142,6 @@ class TokenDataset:
     tokenizer: object  # CharTokenizer or mini_llm.tokenizer.Tokenizer
 
 
-def prepare_char_dataset(text_path, val_fraction=0.1):
-    return prepare_dataset(text_path, None, val_fraction)
-
-
 def prepare_dataset(text_path, tokenizer=None, val_fraction=0.1):
     """Encode a text with `tokenizer`, or as characters if None; first 90% train, last 10%
     validation (as nanoGPT)."""

@@ -10,7 +10,7 @@ import torch
 
 from mini_llm import data
 from mini_llm.data import (CharTokenizer, RemoteFile, TINY_SHAKESPEARE, fetch, get_batch,
-                           prepare_char_dataset)
+                           prepare_dataset)
 from mini_llm.errors import DataError
 
 PAYLOAD = b"to be or not to be\n" * 20
@@ -72,25 +72,25 @@ def test_local_overrides_come_first(monkeypatch, tmp_path):
 
 
 def test_char_dataset_split_and_memmap(corpus):
-    ds = prepare_char_dataset(corpus)
+    ds = prepare_dataset(corpus)
     text = corpus.read_text()
     assert ds.tokenizer.chars == "".join(sorted(set(text)))
     assert isinstance(ds.train, np.memmap) and ds.train.dtype == np.uint16
     n_train = int(len(text) * 0.9)
     assert len(ds.train) == n_train and len(ds.val) == len(text) - n_train
     assert ds.tokenizer.decode(ds.train.tolist()) + ds.tokenizer.decode(ds.val.tolist()) == text
-    assert prepare_char_dataset(corpus).tokenizer.chars == ds.tokenizer.chars  # cached
+    assert prepare_dataset(corpus).tokenizer.chars == ds.tokenizer.chars  # cached
 
 
 def test_bad_text_files(tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 ".encode("latin-1") * 50)
     with pytest.raises(DataError, match="is not UTF-8"):
-        prepare_char_dataset(latin1)
+        prepare_dataset(latin1)
     short = tmp_path / "short.txt"
     short.write_text("hi")
     with pytest.raises(DataError, match="too short"):
-        prepare_char_dataset(short)
+        prepare_dataset(short)
 
 
 def test_tokenizer_names_unknown_characters():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..data import TINY_SHAKESPEARE, fetch, prepare_char_dataset
+from ..data import TINY_SHAKESPEARE, fetch, prepare_dataset
 from ..errors import ConfigError
 from ..optim import lr_at
 from .char_mlp import CharMLP, sample, windows
@@ -68,7 +68,7 @@ def mean_loss(model, pairs, batch_size=8192):
 
 def train_char_mlp(cfg):
     """Train, print progress, the final losses and a sample; returns a summary dict."""
-    dataset = prepare_char_dataset(fetch(TINY_SHAKESPEARE, cfg.data))
+    dataset = prepare_dataset(fetch(TINY_SHAKESPEARE, cfg.data))  # characters
     splits = {name: windows(getattr(dataset, name), cfg.context) for name in ("train", "val")}
     for name, pairs in splits.items():
         if len(pairs) < 1:
