@@ -124,6 +124,8 @@ def cmd_profile(args):
     preset = args.preset or default_preset()
     get_preset(preset)
     ops.parse(args.kernels)
+    if args.steps < 1:
+        raise MiniLLMError(f"--steps must be >= 1, got {args.steps}")
     profile(preset, args.kernels, args.out, steps=args.steps)
 
 

@@ -20,6 +20,11 @@ def test_profile_writes_a_trace_and_the_top_ops(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_profile_refuses_zero_steps(capsys):
+    assert main(["profile", "--preset", "tiny", "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err
+
+
 def test_nvtx_needs_a_gpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
