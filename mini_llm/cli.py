@@ -24,7 +24,7 @@ from .errors import MiniLLMError
 from .model import CHOICES, GPTConfig
 from .presets import PRESETS, default_preset, get_preset
 from .scratch.train import ScratchTrainConfig
-from .train import RESUME_MAY_CHANGE, TrainConfig, resolve_device, seeded, train
+from .train import TrainConfig, resolve_device, seeded, train
 
 HELP = {
     "out": "run folder (default: out/<preset>)",
@@ -65,19 +65,18 @@ def given(args, cls, skip=()):
 
 
 def cmd_train(args):
-    preset_name = args.preset or default_preset()
-    preset = get_preset(preset_name)
     train_given = given(args, TrainConfig)
-    if args.resume:
+    model_given = given(args, GPTConfig, skip=("vocab_size",))
+    if args.resume:  # the checkpoint's settings, changed only where a flag was given
         if not args.out:
             raise MiniLLMError("--resume needs --out, the run folder to continue")
-        changed = sorted(set(train_given) - set(RESUME_MAY_CHANGE))
-        if changed or given(args, GPTConfig, skip=("vocab_size",)):
-            raise MiniLLMError("--resume continues with the checkpoint's settings; only "
-                               f"{', '.join(RESUME_MAY_CHANGE)} may change (got {changed or 'model flags'})")
+        changes = {k: v for k, v in train_given.items() if k != "out"}
+        train(model_given, TrainConfig(out=args.out), resume=changes)
+        return
+    preset_name = args.preset or default_preset()
+    preset = get_preset(preset_name)
     cfg = TrainConfig(**{"out": f"out/{preset_name}", **preset["train"], **train_given})
-    model = {**preset["model"], **given(args, GPTConfig, skip=("vocab_size",))}
-    train(model, cfg, resume=args.resume)
+    train({**preset["model"], **model_given}, cfg)
 
 
 def cmd_sample(args):

@@ -150,7 +150,10 @@ def test_train_with_checkpointing_resumes_a_run_without_it(corpus, tmp_path):
         cfg = TrainConfig(out=str(out), data=str(corpus), batch_size=4, max_iters=max_iters,
                           lr_decay_iters=8, warmup_iters=2, eval_interval=4, eval_iters=2,
                           log_interval=1, sample_tokens=0, activation_checkpointing=checkpointing)
-        train(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), cfg, resume=resume)
+        if resume:
+            train({}, cfg, resume={"max_iters": max_iters, "activation_checkpointing": checkpointing})
+        else:
+            train(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), cfg)
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
     whole = run(tmp_path / "whole", 8, checkpointing=False)

@@ -17,10 +17,13 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1)  # dropo
 
 
 def run(corpus, out, max_iters, resume=False):
+    """A fresh run to max_iters, or (resume=True) the run in `out` continued to max_iters."""
     cfg = TrainConfig(out=str(out), data=str(corpus), batch_size=4, grad_accum=2, max_iters=max_iters,
                       lr_decay_iters=12, warmup_iters=3, eval_interval=4, eval_iters=2, log_interval=1,
                       sample_tokens=0)
-    return train(TINY, cfg, resume=resume)
+    if resume:
+        return train({}, cfg, resume={"max_iters": max_iters})
+    return train(TINY, cfg)
 
 
 def losses(out):
@@ -52,6 +55,19 @@ def test_a_finished_run_can_be_extended(corpus, tmp_path):
     trains = [it for kind, it, _, _ in losses(out) if kind == "train"]
     assert evals == [0, 4, 6, 8, 9] and trains == list(range(1, 10))
     assert load_checkpoint(out).meta["iter"] == 9
+
+
+def test_resume_keeps_the_checkpoints_settings(corpus, tmp_path, capsys):
+    """A setting left off the resume command comes from the checkpoint, not a preset."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+                 "--max-iters", "4", "--sample-tokens", "0", "--kernels", "gelu=reference"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "gelu=reference" in printed and "iterations 4..6" in printed and "sample:" not in printed
+    assert load_checkpoint(out).meta["train_config"]["data"] == str(corpus)
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "6"]) == 2  # nothing left
+    assert "is at iteration 6: pass a larger --max-iters" in capsys.readouterr().err
 
 
 def test_checkpoint_round_trip_and_damage(corpus, tmp_path):
@@ -122,7 +138,7 @@ def trained(corpus, tmp_path):
     (["train", "--preset", "tiny", "--kernels", "attention=magic"], "unknown backend 'magic'"),
     (["sample", "{run}", "--prompt", "Zebra#"], "characters not in the vocabulary: '#Zb'"),
     (["sample", "{run}/../nothing"], "no checkpoint at"),
-    (["train", "--out", "{run}", "--resume", "--lr", "1"], "may change (got ['lr'])"),
+    (["train", "--out", "{run}", "--resume", "--lr", "1"], "may change, not lr"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, trained, capsys):
     argv = [a.replace("{run}", str(trained)) for a in argv]
