@@ -73,6 +73,13 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mini-llm checkpoint (format {metadata.get('format')!r})")
+    try:
+        return _parse(metadata, tensors)
+    except (KeyError, ValueError, TypeError) as e:  # a checkpoint with damaged metadata
+        raise CheckpointError(f"{path} has incomplete or damaged metadata ({e!r})") from None
+
+
+def _parse(metadata, tensors):
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_state = None
     if "optim_groups" in metadata:
@@ -82,7 +89,11 @@ def load_checkpoint(path):
                 _, index, name = key.split(".", 2)
                 state.setdefault(int(index), {})[name] = value
         optimizer_state = {"state": state, "param_groups": json.loads(metadata["optim_groups"])}
-    return Checkpoint(model_state, optimizer_state, json.loads(metadata["meta"]))
+    meta = json.loads(metadata["meta"])
+    missing = [k for k in ("iter", "model_config", "tokenizer", "train_config") if k not in meta]
+    if missing:  # fail here, not deep inside a later step
+        raise KeyError(f"meta lacks {missing}")
+    return Checkpoint(model_state, optimizer_state, meta)
 
 
 def load_model(path, device="cpu"):

@@ -33,7 +33,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
     """idx: (B, T) prompt ids. Returns (B, T + max_new_tokens)."""
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ConfigError(f"the prompt must be (batch, length >= 1) token ids, got {tuple(idx.shape)}")
-    if temperature < 0:
+    if not temperature >= 0:  # also refuses NaN
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")

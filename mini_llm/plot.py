@@ -7,11 +7,20 @@ from .errors import DataError
 
 
 def read_metrics(run_dir):
-    """The records of run_dir/metrics.jsonl ([] if there is none yet)."""
+    """The records of run_dir/metrics.jsonl ([] if there is none yet). A torn last line (the
+    run was killed mid-write) is dropped; damage anywhere else is an error."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise DataError(f"{path}, line {i + 1}, is not a JSON record") from None
+    return records
 
 
 def plot_runs(run_dirs, out_png):
@@ -21,11 +30,14 @@ def plot_runs(run_dirs, out_png):
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
 
+    runs = {run_dir: read_metrics(run_dir) for run_dir in run_dirs}
+    empty = [str(run_dir) for run_dir, records in runs.items() if not records]
+    if empty:
+        raise DataError(f"no metrics.jsonl to plot in {', '.join(empty)}")
+    if not Path(out_png).resolve().parent.is_dir():
+        raise DataError(f"cannot write {out_png}: its folder does not exist")
     fig, ax = plt.subplots(figsize=(8, 5))
-    for run_dir in run_dirs:
-        records = read_metrics(run_dir)
-        if not records:
-            raise DataError(f"{run_dir} has no metrics.jsonl to plot")
+    for run_dir, records in runs.items():
         name = Path(run_dir).name
         steps = [r for r in records if r["kind"] == "train"]
         evals = [r for r in records if r["kind"] == "eval"]

@@ -77,6 +77,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ConfigError("max_iters and warmup_iters must be >= 0")
+        check_device_name(self.device)
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.lr_decay_iters is None:
@@ -94,11 +95,15 @@ def seeded(*key):
     return torch.Generator().manual_seed(seed_of(*key))
 
 
+def check_device_name(name):
+    if name not in ("auto", "cpu") and not name.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
 def resolve_device(name, dtype):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    check_device_name(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but no CUDA GPU is visible")
     if dtype == "auto":

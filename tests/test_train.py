@@ -139,6 +139,10 @@ def trained(corpus, tmp_path):
     (["sample", "{run}", "--prompt", "Zebra#"], "characters not in the vocabulary: '#Zb'"),
     (["sample", "{run}/../nothing"], "no checkpoint at"),
     (["train", "--out", "{run}", "--resume", "--lr", "1"], "may change, not lr"),
+    (["train", "--preset", "tiny", "--device", "gpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["train", "--preset", "tiny", "--lr", "-1"], "lr must be >= 0"),
+    (["sample", "{run}", "--temperature", "nan"], "temperature must be >= 0"),
+    (["plot", "{run}", "-o", "{run}/no/such/dir/loss.png"], "its folder does not exist"),
 ])
 def test_bad_input_is_one_line_and_status_2(argv, message, trained, capsys):
     argv = [a.replace("{run}", str(trained)) for a in argv]
@@ -147,6 +151,24 @@ def test_bad_input_is_one_line_and_status_2(argv, message, trained, capsys):
     err = capsys.readouterr().err
     assert err.startswith("mini-llm: error: ") and message in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+def test_a_torn_metrics_line_is_dropped_and_the_run_resumes(trained, capsys):
+    with open(trained / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "it')  # killed mid-write
+    assert main(["plot", str(trained), "-o", str(trained / "p.png")]) == 0
+    assert main(["train", "--out", str(trained), "--resume", "--max-iters", "3"]) == 0
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "eval"] == [0, 2, 3]
+
+
+def test_checkpoint_with_damaged_metadata(trained, tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"model.w": torch.zeros(2)}, str(bad), metadata={"format": "mini-llm/1", "meta": "{}"})
+    with pytest.raises(CheckpointError, match="incomplete or damaged metadata"):
+        load_checkpoint(bad)
 
 
 def test_corrupt_checkpoint_through_the_real_command(trained):
