@@ -17,10 +17,14 @@ def _fmt(x, spec):
 
 
 def cells(row):
-    check = f"{row.status} {row.rel_err:.0e}"
+    if row.status == "error":
+        check = f"error: {row.reason[:60]}"
+    else:
+        check = f"{row.status} {row.rel_err:.0e}" + (f" ({row.reason})" if row.status == "FAILED" else "")
+    ratio = _fmt(row.speedup_vs_torch, ".2f")
     return [row.op, row.backend, row.shape, row.dtype, row.pass_, check, _fmt(row.ms, ".3f"),
             _fmt(row.gb_s, ".1f"), _fmt(row.tflop_s, ".3f"), _fmt(row.pct_bandwidth, ".0f"),
-            _fmt(row.pct_matmul, ".1f"), _fmt(row.speedup_vs_torch, ".2f") + "x"]
+            _fmt(row.pct_matmul, ".1f"), ratio and ratio + "x"]
 
 
 def skipped_cells(rows):
@@ -56,7 +60,7 @@ def print_tables(rows, e2e, meta):
                   f"{limits['matmul_tflop_s']:.3f} TFLOP/s (plain loop {limits['matmul_tflop_s_plain']:.3f})")
     table = Table(*HEADER, title="ops: checked against the reference, then timed (median)")
     for row in _measured(rows):
-        table.add_row(*cells(row), style="red" if row.status == "FAILED" else None)
+        table.add_row(*cells(row), style="red" if row.status in ("FAILED", "error") else None)
     console.print(table)
     table = Table(*SKIPPED_HEADER, title="not run here")
     for line in skipped_cells(rows):
@@ -93,8 +97,8 @@ def markdown(rows, e2e, meta):
 
 
 def to_json(rows, e2e, meta):
-    def clean(d):  # JSON has no NaN: write null
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
+    def clean(d):  # JSON has no NaN or infinity: write null
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
     return json.dumps({"meta": meta, "rows": [clean(dataclasses.asdict(r)) for r in rows],
                        "end_to_end": [clean(r) for r in e2e]}, indent=2) + "\n"

@@ -9,7 +9,6 @@ Writes results.json, results.md and roofline.png into --out (default out/bench).
 
 import datetime
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -49,10 +48,13 @@ def _versions():
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:  # no git: the results still count, without a commit
+        commit = None
     return {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
-            "git_commit": commit.stdout.strip() or None}
+            "git_commit": commit}
 
 
 def main(args):
@@ -77,7 +79,7 @@ def main(args):
     e2e = [] if args.no_e2e else run_e2e(preset, args.kernels, device, limits)
 
     meta = {"device": limits["device"], **_versions(), "date": datetime.date.today().isoformat(),
-            "command": "mini-llm bench " + " ".join(sys.argv[2:]), "ceilings": limits,
+            "command": "mini-llm " + " ".join(args.argv), "ceilings": limits,
             "shapes": args.shapes}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ def main(args):
     (out / "results.md").write_text(report.markdown(rows, e2e, meta))
     report.roofline(rows, meta, out / "roofline.png")
     report.print_tables(rows, e2e, meta)
-    failed = [r for r in rows if r.status == "FAILED"]
+    failed = [r for r in rows if r.status in ("FAILED", "error")]
     print(f"wrote {out}/results.json, results.md, roofline.png"
-          + (f"; {len(failed)} FAILED checks" if failed else ""))
+          + (f"; {len(failed)} rows FAILED or in error" if failed else ""))
     return 1 if failed else 0

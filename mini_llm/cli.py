@@ -252,6 +252,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # the command, for result files
     try:
         status = args.func(args) or 0
     except MiniLLMError as e:
