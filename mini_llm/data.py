@@ -147,6 +147,7 @@ def prepare_dataset(text_path, tokenizer=None, val_fraction=0.1):
     validation (as nanoGPT)."""
     raw = Path(text_path).read_bytes()
     key = hashlib.sha256(raw)
+    key.update(repr(val_fraction).encode())
     if tokenizer is not None:  # the same text under another tokenizer is another dataset
         key.update(json.dumps(tokenizer.to_dict(), sort_keys=True).encode())
     folder = cache_dir() / "prepared" / key.hexdigest()[:16]
@@ -159,7 +160,7 @@ def prepare_dataset(text_path, tokenizer=None, val_fraction=0.1):
         if len(text) < 100:
             raise DataError(f"{text_path} is too short to train on ({len(text)} characters)")
         tok = tokenizer or CharTokenizer(sorted(set(text)))
-        if tok.vocab_size > np.iinfo(np.uint16).max:
+        if tok.vocab_size > np.iinfo(np.uint16).max + 1:  # ids 0..65535 fit in uint16
             raise DataError(f"{text_path} needs {tok.vocab_size} token ids, over 65535")
         ids = np.array(tok.encode(text), dtype=np.uint16)
         n_train = int(len(ids) * (1 - val_fraction))

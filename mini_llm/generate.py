@@ -55,8 +55,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
             with nvtx.range("decode"):
                 logits, _ = model(next_id, cache=cache, start=pos)
             pos += 1
-        else:  # window full: slide it
-            window = torch.cat(tokens, dim=1)[:, -max(1, block // 2):]
+        else:  # window full: slide it (the last `block` pieces hold at least `block` tokens)
+            window = torch.cat(tokens[-block:], dim=1)[:, -max(1, block // 2):]
             with nvtx.range("prefill"):
                 logits, _ = model(window, cache=cache, start=0)
             pos = window.size(1)

@@ -86,19 +86,25 @@ class KVCache:
     """Keys and values of every layer, allocated once for `max_len` positions.
 
     Generation writes each new position in place, so no step allocates or copies the past.
+    The first keys written decide the dtype (bf16 under autocast), so attention always gets
+    keys and values in the dtype of its queries.
     """
 
-    def __init__(self, config, batch_size, max_len, device, dtype):
+    def __init__(self, config, batch_size, max_len, device):
         hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
+        self.shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
+        self.device, self.max_len = device, max_len
+        self.k = self.v = None
 
     def update(self, layer, start, k, v):
         """Store k, v (B, nh, T, hs) at positions start..start+T-1; return every key and
         value so far, (B, nh, start+T, hs)."""
         end = start + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"positions {start}..{end - 1} do not fit a cache of {self.max_len}")
+        if self.k is None:
+            self.k = torch.zeros(self.shape, device=self.device, dtype=k.dtype)
+            self.v = torch.zeros_like(self.k)
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -223,10 +229,9 @@ class GPT(nn.Module):
         loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=-1)
         return logits, loss
 
-    def new_cache(self, batch_size, max_len=None, device=None, dtype=None):
-        p = self.wte.weight
+    def new_cache(self, batch_size, max_len=None):
         max_len = self.config.block_size if max_len is None else max_len
-        return KVCache(self.config, batch_size, max_len, device or p.device, dtype or p.dtype)
+        return KVCache(self.config, batch_size, max_len, self.wte.weight.device)
 
     def param_groups(self, weight_decay):
         """Decay matrices and embeddings; never norms or biases (1-D parameters)."""

@@ -53,22 +53,25 @@ def profile(preset_name, kernels, out, steps=5, warmup=2):
     if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
         torch.cuda.memory._record_memory_history(max_entries=200_000)
-    with ops.use_kernels(kernels):
-        _, train_step, _ = synthetic_training(preset_name, device)
-        schedule = torch.profiler.schedule(wait=0, warmup=warmup, active=steps, repeat=1)
-        with torch.profiler.profile(activities=activities, schedule=schedule, record_shapes=True,
-                                    profile_memory=True) as prof:
-            for _ in range(warmup + steps):
-                train_step()
-                prof.step()  # marks the steps in the trace as ProfilerStep#N
+    written = ["trace.json", "top_ops.txt"]
+    try:
+        with ops.use_kernels(kernels):
+            _, train_step, _ = synthetic_training(preset_name, device)
+            schedule = torch.profiler.schedule(wait=0, warmup=warmup, active=steps, repeat=1)
+            with torch.profiler.profile(activities=activities, schedule=schedule,
+                                        record_shapes=True, profile_memory=True) as prof:
+                for _ in range(warmup + steps):
+                    train_step()
+                    prof.step()  # marks the steps in the trace as ProfilerStep#N
+        if cuda:
+            torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
+            written.append("memory_snapshot.pickle")
+    finally:
+        if cuda:  # recording slows every allocation: never leave it on
+            torch.cuda.memory._record_memory_history(enabled=None)
     prof.export_chrome_trace(str(out / "trace.json"))
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort_by, row_limit=25)
     (out / "top_ops.txt").write_text(table + "\n")
-    written = ["trace.json", "top_ops.txt"]
-    if cuda:
-        torch.cuda.memory._dump_snapshot(str(out / "memory_snapshot.pickle"))
-        torch.cuda.memory._record_memory_history(enabled=None)
-        written.append("memory_snapshot.pickle")
     print(table)
     print(f"wrote {', '.join(str(out / name) for name in written)}")

@@ -91,6 +91,17 @@ def test_backends_compute_the_same_model(family):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_kv_cache_takes_the_dtype_of_its_keys():
+    model = tiny(LLAMA).eval()
+    cache = model.new_cache(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16), ops.use_kernels("reference"):
+        logits, _ = model(torch.randint(0, 23, (2, 5)), cache=cache, start=0)
+        step, _ = model(torch.randint(0, 23, (2, 1)), cache=cache, start=5)
+    assert cache.k.dtype == torch.bfloat16 and torch.isfinite(step).all()
+    with pytest.raises(ValueError, match="do not fit a cache of 12"):
+        cache.update(0, 11, cache.k[0, :, :, :2], cache.v[0, :, :, :2])
+
+
 def test_greedy_generation_is_deterministic_and_slides_past_the_context():
     model = tiny(GPT2).eval()
     prompt = torch.randint(0, 23, (2, 20))  # longer than the 12-token context: its end is kept

@@ -142,7 +142,9 @@ def implementation(op, backend):
 
 def get(op):
     """The selected backend's callable for `op` (inside an NVTX range "op[backend]" if on)."""
-    backend = selection()[op]
+    if _selected is None:
+        selection()  # reads MINI_LLM_KERNELS once
+    backend = _selected[op]  # not selection(): that copies the dict, and this runs per op call
     fn = _impls[op][backend]
     return nvtx.traced(f"{op}[{backend}]", fn) if nvtx.enabled() else fn
 
