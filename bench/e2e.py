@@ -7,27 +7,13 @@ non-embedding parameters) plus 12 L T C for attention's two T x T matmuls (forwa
 the formula of PaLM's appendix B, also nanoGPT's.
 """
 
-import time
-
 import torch
 
 from mini_llm import nvtx, ops
 from mini_llm.generate import generate
 from mini_llm.profile import synthetic_training
 
-
-def _synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device, repeats):
-    _synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    _synchronize(device)
-    return (time.perf_counter() - t0) / repeats
+from .timing import plain_ms
 
 
 def training_flops_per_token(model):
@@ -50,7 +36,7 @@ def run_e2e(preset_name, kernels, device, limits, train_steps=10):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with nvtx.range(f"e2e train {kernels}"):
-            seconds = _timed(train_step, device, train_steps)
+            seconds = plain_ms(train_step, device, train_steps) / 1e3
         tokens_s = B * T / seconds
         mfu = training_flops_per_token(model) * tokens_s / (limits["matmul_tflop_s"] * 1e12)
         detail = f"batch {B} x {T}, {model.num_params() / 1e6:.2f}M params, {seconds * 1e3:.1f} ms/step"
@@ -76,6 +62,6 @@ def run_e2e(preset_name, kernels, device, limits, train_steps=10):
         for name, fn in (("decode, KV cache", decode_cached), ("decode, no cache", decode_uncached)):
             fn()  # warm-up
             with nvtx.range(f"e2e {name} {kernels}"):
-                seconds = _timed(fn, device, 3)
+                seconds = plain_ms(fn, device, 3) / 1e3
             row(name, new / seconds, "tokens/s", f"batch 1, {new} tokens after a 1-token prompt, greedy")
     return rows

@@ -28,8 +28,9 @@ def median_ms(fn, device):
 
 
 def plain_ms(fn, device, repeats=10):
-    """The same, the naive way (wall clock around a loop, synchronised): a cross-check that the
-    careful timer measures what a user measuring by hand would see."""
+    """Mean milliseconds of fn() by wall clock around a synchronised loop, after one warm-up
+    call: for whole steps (a training step, a generation) that repeat as they are, and as a
+    cross-check that the careful timer measures what a user timing by hand would see."""
     fn()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()

@@ -2,6 +2,8 @@
 
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
+    mini-llm bench [--shapes quick|full] [--ops ...] [--backends ...] [--dtype ...] [--json PATH]
+    mini-llm profile [--preset NAME] [--kernels SPEC] [--steps N]
     mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
     mini-llm plot RUN [RUN ...] [-o PNG]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]

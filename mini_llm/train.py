@@ -31,8 +31,8 @@ from .errors import CheckpointError, ConfigError, DataError
 from .generate import generate
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, lr_at
-from .tokenizer import Tokenizer
 from .plot import plot_runs, read_metrics
+from .tokenizer import Tokenizer
 
 
 # What --resume may change; everything else comes from the checkpoint.
@@ -126,7 +126,7 @@ def estimate_loss(model, splits, cfg, block_size, device, autocast):
         for k in range(cfg.eval_iters):
             x, y = get_batch(ids, cfg.batch_size, block_size, seeded(cfg.seed, "eval", name, k))
             with autocast:
-                _, loss = model(x.to(device), y.to(device))
+                loss = model(x.to(device), y.to(device))[1]  # the logits are freed at once
             total += loss.item()
         losses[name] = total / cfg.eval_iters
     model.train()
