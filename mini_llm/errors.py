@@ -20,3 +20,8 @@ class CheckpointError(MiniLLMError):
 
 class KernelSelectionError(MiniLLMError):
     pass
+
+
+class KernelInputError(MiniLLMError, ValueError):
+    """A kernel was given inputs it cannot run on (device, dtype, rank, shape, contiguity):
+    raised by its launcher before anything is launched."""

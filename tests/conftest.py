@@ -1,8 +1,14 @@
+import os
 import urllib.error
 import urllib.request
 
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in its interpreter on CPU tensors; the variable must be set
+# before anything imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 CORPUS = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

@@ -43,6 +43,18 @@ def rms_norm(x, weight, eps=1e-5):
     return (x32 / rms * widen(weight)).to(x.dtype)
 
 
+def add_layer_norm(x, delta, weight, bias=None, eps=1e-5):
+    """The residual add fused with the next norm: (s, layer_norm(s)) with s = x + delta."""
+    s = x + delta
+    return s, layer_norm(s, weight, bias, eps)
+
+
+def add_rms_norm(x, delta, weight, eps=1e-5):
+    """(s, rms_norm(s)) with s = x + delta."""
+    s = x + delta
+    return s, rms_norm(s, weight, eps)
+
+
 def causal_mask(t_q, t_k, device=None):
     """(t_q, t_k) bool, True where query i may see key j.
 
@@ -62,6 +74,27 @@ def attention(q, k, v, causal=True, scale=None):
     if causal:
         mask = causal_mask(q.size(-2), k.size(-2), device=q.device)
         scores = scores.masked_fill(~mask, float("-inf"))
+    return (softmax(scores, dim=-1) @ widen(v)).to(q.dtype)  # (B, nh, Tq, hs)
+
+
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+    """Attention of a few new queries per sequence against a KV cache (generation).
+
+    q: (B, nh, Tq, hs); k_cache, v_cache: (B, nkv, Tmax, hs); cache_lens: (B,) ints, how many
+    positions of each sequence's cache are filled, the Tq new ones included (they are its last
+    Tq). Query i of sequence b sits at position cache_lens[b] - Tq + i and sees the keys up to
+    it. Grouped-query attention: query head h reads key/value head h // (nh // nkv).
+    """
+    B, nh, t_q, hs = q.shape
+    t_max = k_cache.size(2)
+    group = nh // k_cache.size(1)
+    k = k_cache.repeat_interleave(group, dim=1)  # (B, nh, Tmax, hs)
+    v = v_cache.repeat_interleave(group, dim=1)
+    scale = 1.0 / math.sqrt(hs) if scale is None else scale
+    scores = (widen(q) @ widen(k).transpose(-2, -1)) * scale  # (B, nh, Tq, Tmax)
+    query_pos = cache_lens.long()[:, None] - t_q + torch.arange(t_q, device=q.device)  # (B, Tq)
+    visible = torch.arange(t_max, device=q.device) <= query_pos[:, :, None]  # (B, Tq, Tmax)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
     return (softmax(scores, dim=-1) @ widen(v)).to(q.dtype)  # (B, nh, Tq, hs)
 
 

@@ -3,6 +3,7 @@
 Same signatures and semantics as reference.py; every kernel is benchmarked against these.
 """
 
+import torch
 import torch.nn.functional as F
 
 from .reference import causal_mask
@@ -16,6 +17,16 @@ def rms_norm(x, weight, eps=1e-5):
     return F.rms_norm(x, (x.size(-1),), weight, eps)
 
 
+def add_layer_norm(x, delta, weight, bias=None, eps=1e-5):
+    s = x + delta
+    return s, layer_norm(s, weight, bias, eps)
+
+
+def add_rms_norm(x, delta, weight, eps=1e-5):
+    s = x + delta
+    return s, rms_norm(s, weight, eps)
+
+
 def attention(q, k, v, causal=True, scale=None):
     t_q, t_k = q.size(-2), k.size(-2)
     # SDPA's is_causal aligns the mask top-left; ours is bottom-right (queries are the last
@@ -27,6 +38,16 @@ def attention(q, k, v, causal=True, scale=None):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     mask = causal_mask(t_q, t_k, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+    """SDPA over the whole cache with a mask per sequence (its flash backend takes no mask, so
+    this is what PyTorch offers for a batch of different cache lengths)."""
+    t_q, t_max = q.size(2), k_cache.size(2)
+    query_pos = cache_lens.long()[:, None] - t_q + torch.arange(t_q, device=q.device)  # (B, Tq)
+    visible = torch.arange(t_max, device=q.device) <= query_pos[:, :, None]  # (B, Tq, Tmax)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible[:, None], scale=scale,
+                                          enable_gqa=k_cache.size(1) != q.size(1))
 
 
 def gelu(x):
