@@ -7,27 +7,40 @@ the registry then reports the `cuda` backend as "extension not built".
 """
 
 import glob
+import os
+import runpy
 
 from setuptools import setup
 
+# The nvcc / C++ flags, shared with the JIT loader (mini_llm/ops/cuda/build_flags.py, import-free).
+FLAGS = runpy.run_path("mini_llm/ops/cuda/build_flags.py")
+# PyTorch's BuildExtension defines these for every .cu file; the JIT build (plain nvcc) does not.
+# Undefine them so that both builds compile the same code (half/bfloat16 operators available).
+UNDEFINE_TORCH_HALF_MACROS = [f"-U__CUDA_NO_{m}__" for m in
+                              ("HALF_OPERATORS", "HALF_CONVERSIONS", "BFLOAT16_CONVERSIONS", "HALF2_OPERATORS")]
+
 
 def cuda_extension():
-    sources = sorted(glob.glob("csrc/*.cu"))
+    sources = sorted(glob.glob("csrc/*.cu"))  # not csrc/standalone/: those are programs
     if not sources:
         return [], {}
     try:
+        import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:
         print("setup.py: torch is not importable at build time; skipping the CUDA extension")
         return [], {}
-    if CUDA_HOME is None:
-        print("setup.py: no CUDA toolkit (nvcc) found; skipping the CUDA extension")
+    if torch.version.cuda is None or CUDA_HOME is None or not os.path.isfile(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        print("setup.py: torch has no CUDA or no CUDA toolkit (nvcc) was found; skipping the CUDA "
+              "extension (mini_llm.ops.cuda.load() can still JIT-build it where nvcc exists)")
         return [], {}
-    arch = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a"]
     ext = CUDAExtension(
         "mini_llm._C",
         sources + ["csrc/bindings.cpp"],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo", *arch]},
+        include_dirs=["csrc"],
+        # No -Werror for bindings.cpp here: setuptools includes PyTorch's headers with -I, so their
+        # own warnings would count; the JIT build (run in CI) checks our code with -Werror.
+        extra_compile_args={"cxx": FLAGS["CXX_FLAGS"], "nvcc": FLAGS["NVCC_FLAGS"] + UNDEFINE_TORCH_HALF_MACROS},
     )
     return [ext], {"build_ext": BuildExtension}
 

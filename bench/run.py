@@ -73,11 +73,14 @@ def _forward_backward(spec, fn, inputs, dims, grad_out):
 
 
 def _score_bytes(spec, dims, element_size):
-    """Bytes of the T x T matrices the reference attention keeps (scores, probabilities, their
-    gradient); 0 for the other ops."""
-    if spec.name != "attention":
-        return 0
-    return dims["B"] * dims["nh"] * dims["T"] ** 2 * element_size * 3
+    """Bytes of the big temporaries the reference makes: the T x T matrices of attention
+    (scores, probabilities, their gradient), the cache widened to every query head for decode
+    attention; 0 for the other ops."""
+    if spec.name == "attention":
+        return dims["B"] * dims["nh"] * dims["T"] ** 2 * element_size * 3
+    if spec.name == "decode_attention":
+        return dims["B"] * dims["nh"] * dims["T"] * dims["hs"] * element_size * 2
+    return 0
 
 
 def compare(got, want, dtypes):
@@ -200,7 +203,7 @@ def run_ops(op_names, backends, dtypes, shape_set, passes, device, limits, progr
                 runnable.append(backend)
         for case in cases(op, shape_set):
             for dtype_name in dtypes:
-                for pass_ in passes:
+                for pass_ in _passes(spec, passes):
                     measured = [measure_or_report(spec, case, b, dtype_name, pass_, device, limits)
                                 for b in runnable]
                     torch_ms = next((r.ms for r in measured if r.backend == "torch"), math.nan)
@@ -212,5 +215,9 @@ def run_ops(op_names, backends, dtypes, shape_set, passes, device, limits, progr
     return rows
 
 
+def _passes(spec, passes):
+    return passes if spec.differentiable else [p for p in passes if p == "fwd"]
+
+
 def count_steps(op_names, shape_set, dtypes, passes):
-    return sum(len(SPECS[op].shapes[shape_set]) for op in op_names) * len(dtypes) * len(passes)
+    return sum(len(SPECS[op].shapes[shape_set]) * len(_passes(SPECS[op], passes)) for op in op_names) * len(dtypes)

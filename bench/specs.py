@@ -26,6 +26,7 @@ class OpSpec:
     bytes: callable  # (dims, element size, backward: bool) -> int
     flops: callable  # (dims, backward: bool) -> int
     shapes: dict  # "quick" / "full" -> list of dims
+    differentiable: bool = True  # False: inference ops, timed forward only
 
 
 def rand(shape, dtype, device, generator, scale=1.0):
@@ -70,6 +71,38 @@ def _attention_flops(d, backward):
     return int(fwd * (3.5 if backward else 1.0))
 
 
+def _decode_make(d, dtype, device, g):
+    q = rand((d["B"], d["nh"], d["Tq"], d["hs"]), dtype, device, g)
+    k, v = (rand((d["B"], d["nkv"], d["T"], d["hs"]), dtype, device, g) for _ in range(2))
+    # Every sequence but the first is full; the first is ragged, so the kernels see mixed lengths.
+    lens = torch.full((d["B"],), d["T"], dtype=torch.int32)
+    lens[0] = max(d["Tq"], d["T"] - 37)
+    return q, k, v, lens.to(device)
+
+
+def _decode_bytes(d, s, backward):
+    kv = 2 * d["B"] * d["nkv"] * d["T"] * d["hs"] * s  # the cache, read once: what bounds the op
+    return kv + 2 * d["B"] * d["nh"] * d["Tq"] * d["hs"] * s  # + q in, o out
+
+
+def _decode_flops(d, backward):
+    return 4 * d["B"] * d["nh"] * d["Tq"] * d["T"] * d["hs"]
+
+
+def _quant_make(d, dtype, device, g):
+    from mini_llm.quant import quantize
+
+    x = rand((d["M"], d["K"]), dtype, device, g)
+    w = rand((d["N"], d["K"]), torch.float32, "cpu", g, scale=0.02)
+    qweight, scales = quantize(w, d["bits"], d["group"])
+    return x, qweight.to(device), scales.to(device)
+
+
+def _quant_bytes(d, s, backward):
+    weight = d["N"] * d["K"] * d["bits"] // 8 + d["N"] * (d["K"] // d["group"]) * 2  # + fp16 scales
+    return weight + (d["M"] * d["K"] + d["M"] * d["N"]) * s
+
+
 def _pointwise_make(d, dtype, device, g):
     return (rand((d["n"],), dtype, device, g, scale=3.0),)
 
@@ -97,8 +130,26 @@ def _label_attention(d):
     return f"B{d['B']} nh{d['nh']} T{d['T']} hs{d['hs']}{' causal' if d['causal'] else ''}"
 
 
+def _label_decode(d):
+    extra = f" Tq{d['Tq']}" if d["Tq"] > 1 else ""
+    return f"B{d['B']} nh{d['nh']}/kv{d['nkv']} cache{d['T']} hs{d['hs']}{extra}"
+
+
+def _label_quant(d):
+    group = f" g{d['group']}" if d["bits"] == 4 else ""
+    return f"M{d['M']} K{d['K']} N{d['N']} int{d['bits']}{group}"
+
+
 def _attn(B, nh, T, hs, causal=True):
     return dict(B=B, nh=nh, T=T, hs=hs, causal=causal)
+
+
+def _decode(B, nh, nkv, T, hs, Tq=1):
+    return dict(B=B, nh=nh, nkv=nkv, T=T, hs=hs, Tq=Tq)
+
+
+def _quant(M, K, N, bits, group=None):
+    return dict(M=M, K=K, N=N, bits=bits, group=group or K)
 
 
 # quick: model-sized and odd shapes, seconds each even on a CPU. full: the sizes the kernel
@@ -113,6 +164,18 @@ _attention_shapes = {
     "full": [_attn(B, 16, T, hs, causal) for hs in (64, 128) for causal in (True, False)
              for B, T in ((8, 2048), (4, 4096), (2, 8192), (1, 16384))],
 }
+# decode: the model's own shape, and the targets: caches of 4k-16k at batch 1 (one
+# sequence must still fill the GPU) to 64, grouped-query (32 query heads over 8 kv heads).
+_decode_shapes = {
+    "quick": [_decode(4, 6, 6, 256, 64), _decode(3, 8, 2, 1000, 128, Tq=3)],
+    "full": [_decode(B, 32, nkv, T, 128) for nkv in (8, 32) for B, T in ((1, 4096), (1, 16384), (8, 8192),
+                                                                          (64, 4096))],
+}
+_quant_shapes = {
+    "quick": [_quant(1, 384, 1152, 8), _quant(16, 384, 1152, 4, 64), _quant(33, 1536, 384, 4, 32)],
+    "full": [_quant(M, K, K, bits, group) for K in (4096, 8192) for M in (1, 16, 2048)
+             for bits, group in ((8, None), (4, 64), (4, 128))],
+}
 _pointwise_shapes = {"quick": [dict(n=16384 * 1536), dict(n=1_000_003)],  # the odd one has a tail
                      "full": [dict(n=16384 * 1536), dict(n=1 << 28), dict(n=1_000_003)]}
 
@@ -125,6 +188,10 @@ SPECS = {
         OpSpec("rms_norm", _rms_norm[0], lambda f, i, d: f(*i, 1e-5), *_rms_norm[1:], _norm_shapes),
         OpSpec("attention", _attention_make, lambda f, i, d: f(*i, d["causal"], None), _attention_bytes,
                _attention_flops, _attention_shapes),
+        OpSpec("decode_attention", _decode_make, lambda f, i, d: f(*i, None), _decode_bytes, _decode_flops,
+               _decode_shapes, differentiable=False),
+        OpSpec("quant_matmul", _quant_make, lambda f, i, d: f(*i, d["group"]), _quant_bytes,
+               lambda d, bwd: 2 * d["M"] * d["N"] * d["K"], _quant_shapes, differentiable=False),
         OpSpec("gelu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,
                lambda d, bwd: 10 * d["n"] * (3 if bwd else 1), _pointwise_shapes),
         OpSpec("silu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,
@@ -137,6 +204,7 @@ SPECS = {
 }
 
 LABELS = {"layer_norm": _label_norm, "rms_norm": _label_norm, "attention": _label_attention,
+          "decode_attention": _label_decode, "quant_matmul": _label_quant,
           "cross_entropy": lambda d: f"{d['rows']}x{d['vocab']}",
           "gelu": lambda d: f"n={d['n']}", "silu": lambda d: f"n={d['n']}"}
 

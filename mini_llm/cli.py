@@ -2,6 +2,8 @@
 
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
+                    [--quant int8|int4 [--group-size G]] [--dtype ...] [--kernels SPEC]
+    mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE
     mini-llm bench [--shapes quick|full] [--ops ...] [--backends ...] [--dtype ...] [--json PATH]
     mini-llm profile [--preset NAME] [--kernels SPEC] [--steps N]
     mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
@@ -81,15 +83,34 @@ def cmd_train(args):
     train({**preset["model"], **model_given}, cfg)
 
 
+QUANT_BITS = {"int8": 8, "int4": 4}
+
+
+def load_for_inference(run, device, quant=None, group_size=None):
+    """A full-precision or quantized checkpoint as a model; `quant` quantizes a full one."""
+    from .checkpoint import load_checkpoint, load_model
+    from .quant import load_quantized, quantize_model
+
+    if load_checkpoint(run).meta.get("quantization"):
+        if quant:
+            raise MiniLLMError(f"{run} is already quantized; drop --quant")
+        return load_quantized(run, device)
+    model, ckpt = load_model(run, device)
+    if quant:
+        summary = quantize_model(model, QUANT_BITS[quant], group_size)
+        print(f"quantized: {summary}", file=sys.stderr)
+    return model, ckpt
+
+
 def cmd_sample(args):
-    from .checkpoint import load_model
     from .generate import generate
 
     ops.set_kernels(args.kernels)
     if args.nvtx:
         nvtx.enable()
-    device, _, _ = resolve_device(args.device, "float32")
-    model, ckpt = load_model(args.run, device)
+    device, dtype, _ = resolve_device(args.device, args.dtype)
+    model, ckpt = load_for_inference(args.run, device, args.quant, args.group_size)
+    model = model.to(getattr(torch, dtype))  # weights in bf16 on a GPU: half the bytes per token
     tokenizer = ckpt.tokenizer
     prompt = tokenizer.encode(args.prompt)  # raises on characters the model never saw
     if len(prompt) > model.config.block_size:
@@ -110,7 +131,18 @@ def cmd_sample(args):
         print(tokenizer.decode(row))
         print("-" * 40)
     n = args.num_tokens * args.num_samples
-    print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device}", file=sys.stderr)
+    print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device} ({dtype}"
+          f"{', ' + args.quant + ' weights' if args.quant else ''}, kernels: {ops.describe()})", file=sys.stderr)
+
+
+def cmd_quantize(args):
+    from .checkpoint import load_model
+    from .quant import quantize_model, save_quantized
+
+    model, ckpt = load_model(args.run, "cpu")
+    summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
+    save_quantized(args.out, model, ckpt.meta)
+    print(f"{summary}; wrote {args.out}")
 
 
 def cmd_bench(args):
@@ -172,6 +204,13 @@ def cmd_plot(args):
     print(f"wrote {args.output}")
 
 
+def add_quant_flags(p, required):
+    p.add_argument("--quant", choices=tuple(QUANT_BITS), required=required,
+                   help="weight-only quantization of the blocks' linear layers (mini_llm/quant.py)")
+    p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
+                   help="int4: weights per scale (default 64); int8 has one scale per output channel")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="mini-llm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,9 +232,18 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=200)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="the weights' dtype (auto: bfloat16 on a GPU that has it, else float32)")
+    add_quant_flags(p, required=False)
     p.add_argument("--kernels", help=HELP["kernels"])
     p.add_argument("--nvtx", action="store_true", help=HELP["nvtx"])
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("quantize", help="write a weight-only quantized copy of a checkpoint")
+    p.add_argument("run", help="a run folder or its ckpt.safetensors")
+    add_quant_flags(p, required=True)
+    p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
     from .bench.suite import add_arguments as add_bench_arguments

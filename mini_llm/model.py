@@ -22,6 +22,7 @@ from . import nvtx, ops
 from .errors import ConfigError
 from .ops.reference import apply_rope, rope_tables
 
+DECODE_MAX_TOKENS = 16  # at most this many new positions go through decode_attention
 CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}
 
 
@@ -81,6 +82,12 @@ class Norm(nn.Module):
             return ops.layer_norm(x, self.weight, self.bias, self.eps)
         return ops.rms_norm(x, self.weight, self.eps)
 
+    def add_norm(self, x, delta):
+        """(x + delta, norm(x + delta)) in one pass over memory: the residual add fused."""
+        if self.kind == "layernorm":
+            return ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)
+        return ops.add_rms_norm(x, delta, self.weight, self.eps)
+
 
 class KVCache:
     """Keys and values of every layer, allocated once for `max_len` positions.
@@ -95,6 +102,7 @@ class KVCache:
         self.shape = (config.n_layer, batch_size, config.n_head, max_len, hs)
         self.device, self.max_len = device, max_len
         self.k = self.v = None
+        self._lengths, self._lengths_end = None, None
 
     def update(self, layer, start, k, v):
         """Store k, v (B, nh, T, hs) at positions start..start+T-1; return every key and
@@ -108,6 +116,14 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def lengths(self, end):
+        """(B,) int32, every sequence filled up to `end`: what decode_attention reads. Made
+        once per position, not once per layer."""
+        if self._lengths is None or self._lengths_end != end:
+            self._lengths = torch.full(self.shape[1:2], end, dtype=torch.int32, device=self.device)
+            self._lengths_end = end
+        return self._lengths
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,7 +142,13 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, start, k, v)  # (B, nh, start+T, hs)
-        y = ops.attention(q, k, v, causal=True)  # (B, nh, T, hs)
+        if cache is not None and start > 0 and T <= DECODE_MAX_TOKENS:
+            # A few new tokens against the cache: a kernel that reads the cache in place,
+            # split along its length so even one sequence fills the GPU.
+            lengths = cache.lengths(start + T)  # (B,)
+            y = ops.decode_attention(q, cache.k[self.layer], cache.v[self.layer], lengths)
+        else:
+            y = ops.attention(q, k, v, causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -163,8 +185,8 @@ class Block(nn.Module):
 
     def forward(self, x, rope=None, cache=None, start=0):
         with nvtx.range(f"layer {self.attn.layer}"):
-            x = x + self.attn(self.ln_1(x), rope, cache, start)
-            return x + self.mlp(self.ln_2(x))
+            x, h = self.ln_2.add_norm(x, self.attn(self.ln_1(x), rope, cache, start))
+            return x + self.mlp(h)  # x + attn(ln_1(x)) + mlp(ln_2(x + attn(ln_1(x))))
 
 
 class GPT(nn.Module):

@@ -50,3 +50,19 @@ def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(CORPUS * 30)
     return path
+
+
+# -- CUDA extension (the `cuda_ext` fixture, shared by the CUDA tests) --
+@pytest.fixture(scope="session")
+def cuda_ext(tmp_path_factory):
+    """The CUDA extension module (mini_llm.ops.cuda.load()), built at most once per test session:
+    into $MINI_LLM_BUILD_DIR when set (export it to reuse a build across sessions), else into a
+    session tmp dir. Skips the test where it can be neither imported nor built (no nvcc); a
+    compile error fails it."""
+    from mini_llm.ops import cuda
+
+    reason = cuda.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    os.environ.setdefault("MINI_LLM_BUILD_DIR", str(tmp_path_factory.mktemp("cuda_build")))
+    return cuda.load()

@@ -8,6 +8,8 @@
 See registry.py for the selection strings (`--kernels`, MINI_LLM_KERNELS).
 """
 
+import importlib
+
 from . import reference, torch_ops
 from .registry import (
     BACKENDS,
@@ -24,9 +26,41 @@ from .registry import (
 )
 from .registry import get as _get
 
-for _op in ("layer_norm", "rms_norm", "attention", "gelu", "silu", "cross_entropy"):
+_OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm", "attention", "decode_attention",
+        "quant_matmul", "gelu", "silu", "cross_entropy")
+# Where each kernel backend's version of an op lives: Triton in kernels/<op>.py, CUDA's Python
+# wrapper (over csrc/<op>.cu) in mini_llm/ops/cuda/<op>.py.
+_KERNEL_MODULES = {
+    "triton": {"layer_norm": "mini_llm.kernels.layer_norm", "rms_norm": "mini_llm.kernels.layer_norm",
+               "add_layer_norm": "mini_llm.kernels.layer_norm", "add_rms_norm": "mini_llm.kernels.layer_norm",
+               "attention": "mini_llm.kernels.attention", "decode_attention": "mini_llm.kernels.decode_attention",
+               "quant_matmul": "mini_llm.kernels.quant_matmul"},
+    "cuda": {"layer_norm": "mini_llm.ops.cuda.layer_norm", "rms_norm": "mini_llm.ops.cuda.layer_norm",
+             "add_layer_norm": "mini_llm.ops.cuda.layer_norm", "add_rms_norm": "mini_llm.ops.cuda.layer_norm",
+             "attention": "mini_llm.ops.cuda.attention", "decode_attention": "mini_llm.ops.cuda.decode_attention",
+             "quant_matmul": "mini_llm.ops.cuda.quant_matmul"},
+}
+
+
+class _OnFirstCall:
+    """A kernel imported when first called: importing triton takes a second, and the CUDA
+    wrapper may build the extension; neither should happen unless the backend is used."""
+
+    def __init__(self, module, name):
+        self.module, self.name, self.fn = module, name, None
+
+    def __call__(self, *args):
+        if self.fn is None:
+            self.fn = getattr(importlib.import_module(self.module), self.name)
+        return self.fn(*args)
+
+
+for _op in _OPS:
     register(_op, "reference", getattr(reference, _op))
     register(_op, "torch", getattr(torch_ops, _op))
+for _backend, _modules in _KERNEL_MODULES.items():
+    for _op, _module in _modules.items():
+        register(_op, _backend, _OnFirstCall(_module, _op))
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
@@ -37,10 +71,30 @@ def rms_norm(x, weight, eps=1e-5):
     return _get("rms_norm")(x, weight, eps)
 
 
+def add_layer_norm(x, delta, weight, bias=None, eps=1e-5):
+    """The residual add fused with the norm after it: returns (x + delta, layer_norm(x + delta))."""
+    return _get("add_layer_norm")(x, delta, weight, bias, eps)
+
+
+def add_rms_norm(x, delta, weight, eps=1e-5):
+    return _get("add_rms_norm")(x, delta, weight, eps)
+
+
 def attention(q, k, v, causal=True, scale=None):
     """q: (B, nh, Tq, hs), k and v: (B, nh, Tk, hs); causal masks keys after each query,
     the queries being the last Tq positions of the Tk keys."""
     return _get("attention")(q, k, v, causal, scale)
+
+
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+    """q: (B, nh, Tq, hs), the newest Tq positions of each sequence; k_cache, v_cache:
+    (B, nkv, Tmax, hs); cache_lens: (B,) int32, the filled length of each sequence's cache."""
+    return _get("decode_attention")(q, k_cache, v_cache, cache_lens, scale)
+
+
+def quant_matmul(x, qweight, scales, group_size):
+    """x (..., K) @ W.T with W stored quantized (see mini_llm/quant.py for the format)."""
+    return _get("quant_matmul")(x, qweight, scales, group_size)
 
 
 def gelu(x):
@@ -56,7 +110,7 @@ def cross_entropy(logits, targets, ignore_index=-1):
 
 
 __all__ = [
-    "BACKENDS", "attention", "cross_entropy", "describe", "gelu", "implementation", "implemented", "layer_norm",
-    "op_names", "parse", "register", "rms_norm", "selection", "set_kernels", "silu", "unavailable_reason",
+    "BACKENDS", "add_layer_norm", "add_rms_norm", "attention", "cross_entropy", "decode_attention", "describe", "gelu", "implementation", "implemented", "layer_norm",
+    "op_names", "parse", "quant_matmul", "register", "rms_norm", "selection", "set_kernels", "silu", "unavailable_reason",
     "use_kernels",
 ]

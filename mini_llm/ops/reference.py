@@ -140,3 +140,14 @@ def apply_rope(x, cos, sin):
     rotated_even = x_even * cos - x_odd * sin
     rotated_odd = x_even * sin + x_odd * cos
     return torch.stack((rotated_even, rotated_odd), dim=-1).flatten(-2).to(x.dtype)
+
+
+def quant_matmul(x, qweight, scales, group_size):
+    """x (..., K) @ W.T -> (..., N), W (N, K) stored quantized (mini_llm/quant.py: int8 per
+    output channel, or int4 in groups of group_size along K): each weight is q * its group's
+    scale. Dequantizes the whole weight, then multiplies in float32 or wider; x's dtype out."""
+    from ..quant import dequantize  # here, not on top: mini_llm.quant imports the ops seam
+
+    x_wide = widen(x)
+    w = dequantize(qweight, scales, group_size).to(x_wide.dtype)  # (N, K)
+    return (x_wide @ w.T).to(x.dtype)

@@ -6,7 +6,8 @@ A selection is a string, the same for `--kernels`, MINI_LLM_KERNELS and `use_ker
     "reference"                      every op on the from-scratch reference
     "triton"                         every op that has a Triton kernel; the others stay torch
     "attention=cuda,layer_norm=triton"   per op; may follow a bare name ("triton,attention=cuda")
-    "auto"                           per op, the fastest backend that runs here (cuda > triton > torch)
+    "auto"                           per op, the fastest backend that runs here (cuda > triton > torch;
+                                     Triton only on a GPU, not interpreted)
 
 A backend that is unknown, not implemented for the op asked, or cannot run on this machine is
 an error that says what exists; nothing falls back silently except under "auto".
@@ -55,13 +56,20 @@ def unavailable_reason(backend):
         return None
     if not torch.cuda.is_available():
         return "no CUDA GPU"
-    if importlib.util.find_spec("mini_llm._C") is None:
-        return "the CUDA extension mini_llm._C is not built"
-    return None
+    from . import cuda  # the extension: prebuilt, or built from csrc/ on first use
+
+    return cuda.unavailable_reason()
 
 
 def _runnable(op, backend):
     return backend in _impls[op] and unavailable_reason(backend) is None
+
+
+def _fast(backend):
+    """False for Triton when it would run interpreted (correct, but slower than torch)."""
+    import torch
+
+    return backend != "triton" or torch.cuda.is_available()
 
 
 def _check_backend_name(name):
@@ -80,7 +88,7 @@ def parse(spec):
     for item in filter(None, (s.strip() for s in (spec or "").split(","))):
         if item == "auto":
             for op in choice:
-                choice[op] = next(b for b in ("cuda", "triton", "torch") if _runnable(op, b))
+                choice[op] = next(b for b in ("cuda", "triton", "torch") if _runnable(op, b) and _fast(b))
         elif "=" in item:
             op, backend = (s.strip() for s in item.split("=", 1))
             if op not in _impls:

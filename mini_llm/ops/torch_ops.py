@@ -62,3 +62,11 @@ def cross_entropy(logits, targets, ignore_index=-1):
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=ignore_index
     )
+
+
+def quant_matmul(x, qweight, scales, group_size):
+    """Dequantize the whole weight into x's dtype, then one torch.matmul: what a user without a
+    fused kernel writes (the full-precision weight goes through memory on every call)."""
+    from ..quant import dequantize  # here, not on top: mini_llm.quant imports the ops seam
+
+    return torch.matmul(x, dequantize(qweight, scales, group_size).to(x.dtype).T)
