@@ -13,6 +13,7 @@ precision). Writes bench/results/quant_quality_<layers>L_<width>C.{json,md}.
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from mini_llm.quant import quantize_model
 
 from .suite import _versions
 
-FORMATS = {"full": None, "int8": (8, None), "int4 g32": (4, 32), "int4 g64": (4, 64), "int4 g128": (4, 128)}
+FORMATS = {"float32": None, "int8": (8, None), "int4 g32": (4, 32), "int4 g64": (4, 64), "int4 g128": (4, 128)}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -56,7 +57,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base, ckpt = load_model(args.run, device)
+    base, ckpt = load_model(args.run, device)  # float32 weights: the row every format is compared with
     text = fetch(TINY_SHAKESPEARE, args.data or ckpt.meta["train_config"]["data"])
     val_ids = prepare_dataset(text, ckpt.tokenizer).val
     rows = []
@@ -74,15 +75,19 @@ def main(argv=None):
               f"{r['weight_bytes'] / 2**20:.2f} MiB ({r['memory_saved_pct']:.0f}% saved)")
     c = base.config
     name = f"{c.n_layer}L_{c.n_embd}C"
+    train_cfg = ckpt.meta["train_config"]
     meta = {**_versions(), "device": str(device), "run": str(args.run), "kernels": args.kernels,
-            "val_tokens": len(val_ids) - 1,
-            "command": "python -m mini_llm.bench.quant_quality " + " ".join(argv or [])}
+            "val_tokens": len(val_ids) - 1, "model_config": ckpt.meta["model_config"],
+            "trained": {"iters": ckpt.meta["iter"], **{k: train_cfg[k] for k in ("batch_size", "lr", "seed")}},
+            "command": "python -m mini_llm.bench.quant_quality " + " ".join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"quant_quality_{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Weight-only quantization of a trained {c.n_layer}-layer, {c.n_embd}-wide model: "
              "validation loss and memory", "",
-             f"Whole validation split ({meta['val_tokens']:,} positions), {device}, kernels {args.kernels}.", "",
+             f"Whole validation split ({meta['val_tokens']:,} positions), {device}, kernels {args.kernels}; "
+             f"the model trained {meta['trained']['iters']} iterations (batch {meta['trained']['batch_size']}, "
+             f"lr {meta['trained']['lr']}, seed {meta['trained']['seed']}).", "",
              "| weights | val loss | increase | weights MiB | saved |", "|---|---|---|---|---|"]
     lines += [f"| {r['weights']} | {r['val_loss']:.4f} | {r['val_loss_increase']:+.4f} | "
               f"{r['weight_bytes'] / 2**20:.2f} | {r['memory_saved_pct']:.0f}% |" for r in rows]

@@ -108,7 +108,8 @@ def check(spec, backend_fn, inputs, dims, pass_, grad_out):
         expected_fn, ref_dtype, against = ops.implementation(spec.name, "reference"), torch.float64, "reference fp64"
     else:  # the float64 reference would not fit in memory: PyTorch's own op in float32
         expected_fn, ref_dtype, against = ops.implementation(spec.name, "torch"), torch.float32, "torch fp32"
-    ref_inputs = [x.detach().to(ref_dtype).requires_grad_() if x.is_floating_point() else x for x in inputs]
+    ref_inputs = [x.detach().to(ref_dtype).requires_grad_() if x.is_floating_point() and i not in spec.stored
+                  else x for i, x in enumerate(inputs)]
     live = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
     if pass_ == "fwd":
         with torch.no_grad():

@@ -27,6 +27,8 @@ class OpSpec:
     flops: callable  # (dims, backward: bool) -> int
     shapes: dict  # "quick" / "full" -> list of dims
     differentiable: bool = True  # False: inference ops, timed forward only
+    stored: tuple = ()  # indices of inputs in a storage format (quantized weights and their
+    #                     scales): the reference reads them as they are, never widened
 
 
 def rand(shape, dtype, device, generator, scale=1.0):
@@ -191,7 +193,7 @@ SPECS = {
         OpSpec("decode_attention", _decode_make, lambda f, i, d: f(*i, None), _decode_bytes, _decode_flops,
                _decode_shapes, differentiable=False),
         OpSpec("quant_matmul", _quant_make, lambda f, i, d: f(*i, d["group"]), _quant_bytes,
-               lambda d, bwd: 2 * d["M"] * d["N"] * d["K"], _quant_shapes, differentiable=False),
+               lambda d, bwd: 2 * d["M"] * d["N"] * d["K"], _quant_shapes, differentiable=False, stored=(1, 2)),
         OpSpec("gelu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,
                lambda d, bwd: 10 * d["n"] * (3 if bwd else 1), _pointwise_shapes),
         OpSpec("silu", _pointwise_make, lambda f, i, d: f(*i), _pointwise_bytes,

@@ -15,8 +15,17 @@ from mini_llm.cli import main
 LIMITS = {"device": "test", "copy_gb_s": 10.0, "copy_gb_s_plain": 10.0, "matmul": "test",
           "matmul_tflop_s": 0.1, "matmul_tflop_s_plain": 0.1}
 TINY = {"layer_norm": [dict(rows=7, cols=33)], "rms_norm": [dict(rows=5, cols=17)],
-        "attention": [dict(B=1, nh=2, T=9, hs=8, causal=True)], "gelu": [dict(n=101)],
+        "attention": [dict(B=1, nh=2, T=9, hs=32, causal=True)],
+        "decode_attention": [dict(B=2, nh=4, nkv=2, T=40, hs=64, Tq=1)],
+        "quant_matmul": [dict(M=3, K=64, N=10, bits=4, group=32)], "gelu": [dict(n=101)],
         "silu": [dict(n=100)], "cross_entropy": [dict(rows=6, vocab=11)]}
+
+
+def expected_skips(op_names):
+    """(op, backend) pairs the bench must skip here: a backend that cannot run on this machine
+    (cuda without a GPU) or that has no kernel for the op (gelu has no triton kernel)."""
+    return {(op, b) for op in op_names for b in ops.BACKENDS
+            if ops.unavailable_reason(b) or b not in ops.implemented(op)}
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +38,20 @@ def test_every_op_is_checked_and_timed_and_unavailable_backends_say_why():
     rows = run_ops(list(specs.SPECS), list(ops.BACKENDS), ["float32"], "quick", ["fwd", "fwd+bwd"],
                    torch.device("cpu"), LIMITS)
     measured = [r for r in rows if r.status != "skipped"]
-    assert {(r.op, r.backend) for r in measured} == {(op, b) for op in TINY for b in ("reference", "torch")}
+    every = {(op, b) for op in TINY for b in ops.BACKENDS}
+    assert {(r.op, r.backend) for r in measured} == every - expected_skips(TINY)
+    assert {"triton", "torch", "reference"} <= {r.backend for r in measured}  # Triton: interpreted
     assert all(r.status == "ok" and r.rel_err < 1e-5 and r.worst_err < 4e-5 and r.ms > 0 and r.gb_s > 0
                for r in measured)
+    inference = [r for r in measured if r.op in ("decode_attention", "quant_matmul")]
+    assert inference and all(r.pass_ == "fwd" for r in inference)  # no backward to time
     torch_rows = [r for r in measured if r.backend == "torch"]
     assert all(r.speedup_vs_torch == 1.0 for r in torch_rows)
     skipped = {(r.op, r.backend): r.reason for r in rows if r.status == "skipped"}
-    assert set(skipped) == {(op, b) for op in TINY for b in ("triton", "cuda")}
-    assert skipped["attention", "cuda"] == "no CUDA GPU"
+    assert set(skipped) == expected_skips(TINY)
+    assert skipped["gelu", "triton"] == "no triton implementation of gelu yet"
+    if not torch.cuda.is_available():
+        assert skipped["attention", "cuda"] == "no CUDA GPU"
 
 
 def test_a_wrong_kernel_is_reported_failed(monkeypatch):
@@ -120,7 +135,8 @@ def test_command_writes_json_markdown_and_plot(tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())
     assert result["meta"]["ceilings"]["copy_gb_s"] > 0 and result["meta"]["torch"] == torch.__version__
     skipped = [r for r in result["rows"] if r["status"] == "skipped"]
-    assert {r["backend"] for r in skipped} == {"triton", "cuda"} and all(r["reason"] for r in skipped)
+    assert {(r["op"], r["backend"]) for r in skipped} == expected_skips(["layer_norm", "attention"])
+    assert all(r["reason"] for r in skipped)
     assert "| layer_norm | torch |" in (out / "results.md").read_text()
     assert (out / "roofline.png").stat().st_size > 10_000
     assert "not run here" in capsys.readouterr().out
