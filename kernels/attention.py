@@ -34,7 +34,8 @@ from torch.library import triton_op, wrap_triton
 from mini_llm.ops.checks import check_attention, fail
 
 from .attention_bwd import (LOG2E, SIZES_NOT_SPECIALIZED, attention_backward, autotuned,
-                            dot_precision, mma, seq_bucket, strides3)
+                            blocks_grid, dot_precision, key_split, load_rows, mma, program_block,
+                            seq_bucket, store_rows, strides3)
 
 LN2 = tl.constexpr(math.log(2.0))
 FWD_OP = "triton attention"  # how input errors name the op
@@ -46,14 +47,9 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, rows, lo, hi, t_k, 
                BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Fold the key blocks [lo, hi) into the running (acc, l_i, m_i) of the query tile q.
     MASKED: some keys lie past Tk or right of the causal diagonal."""
-    cols = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = K + keys[:, None] * stride_kn + cols[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=keys[:, None] < t_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = load_rows(K, keys, stride_kn, t_k, MASKED, HEAD_DIM)
         qk = mma(q, tl.trans(k), None, DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if MASKED:
             visible = keys[None, :] < t_k
@@ -66,11 +62,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, rows, lo, hi, t_k, 
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)  # rescales what was summed against the old max
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_ptrs = V + keys[:, None] * stride_vn + cols[None, :]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=keys[:, None] < t_k, other=0.0)
-        else:
-            v = tl.load(v_ptrs)
+        v = load_rows(V, keys, stride_vn, t_k, MASKED, HEAD_DIM)
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -86,27 +78,14 @@ def _attention_fwd_kernel(Q, K, V, O, LSE,
     # grid: (cdiv(Tq, BLOCK_M), B * nh), the last query blocks (most keys, causal) first so the
     # long programs start early and the short ones fill the tail.
     # O: (B, nh, Tq, HEAD_DIM) contiguous; LSE: (B, nh, Tq) fp32
-    pid_m, pid_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
-    b, h = (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64)
-    start_m = pid_m * BLOCK_M
-    rows = start_m + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, HEAD_DIM)
-    row_in_range = rows[:, None] < t_q
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + cols[None, :],
-                mask=row_in_range, other=0.0)
+    pid_bh, b, h, start_m, rows = program_block(n_heads, BLOCK_M, True)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, rows, stride_qm, t_q, True, HEAD_DIM)
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
 
-    # Keys [0, full) are seen by every row of the block: no mask. Keys [full, hi) by some rows.
-    # Causal: row i sees keys j <= i + kv_offset, so the first row sees up to start_m + kv_offset
-    # and the last up to start_m + BLOCK_M - 1 + kv_offset; keys past that are never loaded.
-    kv_offset = t_k - t_q
-    if CAUSAL:
-        hi = tl.minimum(t_k, start_m + BLOCK_M + kv_offset)
-        full = tl.minimum(start_m + kv_offset + 1, t_k) // BLOCK_N * BLOCK_N
-    else:
-        hi = t_k
-        full = t_k // BLOCK_N * BLOCK_N
+    # Keys [0, full) are seen by every row of the block: no mask. Keys [full, hi) by some rows;
+    # keys right of the causal diagonal of the block's last row are never loaded.
+    kv_offset, full, hi = key_split(start_m, t_q, t_k, CAUSAL, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -115,8 +94,7 @@ def _attention_fwd_kernel(Q, K, V, O, LSE,
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, rows, full, hi, t_k,
                                kv_offset, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N, DOT_PRECISION)
 
-    out = pid_bh.to(tl.int64) * t_q * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
-    tl.store(O + out, (acc / l_i[:, None]).to(O.dtype.element_ty), mask=row_in_range)
+    store_rows(O, pid_bh, rows, t_q, acc / l_i[:, None], HEAD_DIM)
     # natural-log logsumexp of scale * q.k: (m + log2 l) is in base 2
     lse = (m_i + tl.math.log2(l_i)) * LN2
     tl.store(LSE + pid_bh.to(tl.int64) * t_q + rows, lse, mask=rows < t_q)
@@ -149,8 +127,7 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     if o.numel() == 0:
         return o, lse
     precision = dot_precision(q.dtype)
-    grid = lambda meta: (triton.cdiv(t_q, meta["BLOCK_M"]), B * nh)  # noqa: E731
-    wrap_triton(FWD_KERNELS[precision, hs])[grid](
+    wrap_triton(FWD_KERNELS[precision, hs])[blocks_grid(t_q, "BLOCK_M", B * nh)](
         q, k, v, o, lse, *strides3(q), *strides3(k), *strides3(v),
         nh, t_q, t_k, scale * LOG2E, seq_bucket(t_q, t_k),
         HEAD_DIM=hs, CAUSAL=causal, DOT_PRECISION=precision)

@@ -1,4 +1,5 @@
-"""FlashAttention-2 backward in Triton, and the tuning helpers both passes share.
+"""FlashAttention-2 backward in Triton, and the helpers both passes share
+(tuning, tile loads and stores, the causal key split).
 
 The forward (kernels/attention.py) saved, per query row, the natural-log logsumexp of its
 visible scores, lse = log(sum_j exp(scale * q.k_j)). With it the backward rebuilds each
@@ -87,6 +88,65 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def program_block(n_heads, BLOCK: tl.constexpr, LAST_FIRST: tl.constexpr):
+    """(pid_bh, b, h, start, idx) of this program under the grid (cdiv(T, BLOCK), B * nh):
+    its (batch, head) pid_bh = b * nh + h (b, h in int64 for the offsets) and its block of
+    rows idx = start + arange(BLOCK). LAST_FIRST: block 0 runs last, so with a causal mask the
+    long programs (the last query blocks see the most keys) start early, the short fill the tail."""
+    if LAST_FIRST:
+        pid = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b, h = (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64)
+    start = pid * BLOCK
+    return pid_bh, b, h, start, start + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def load_rows(X, idx, stride, n, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Rows idx of the (n, HEAD_DIM) matrix at X (row stride `stride`, unit column stride), as a
+    (len(idx), HEAD_DIM) tile. MASKED: some of idx may be >= n; those rows read as zero."""
+    ptrs = X + idx[:, None] * stride + tl.arange(0, HEAD_DIM)[None, :]
+    if MASKED:
+        tile = tl.load(ptrs, mask=idx[:, None] < n, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
+def store_rows(X, pid_bh, idx, n, tile, HEAD_DIM: tl.constexpr):
+    """X[pid_bh, idx, :] = tile in X's dtype for the rows idx < n, X a contiguous
+    (B * nh, n, HEAD_DIM) output."""
+    cols = tl.arange(0, HEAD_DIM)
+    out = pid_bh.to(tl.int64) * n * HEAD_DIM + idx[:, None] * HEAD_DIM + cols[None, :]
+    tl.store(X + out, tile.to(X.dtype.element_ty), mask=idx[:, None] < n)
+
+
+@triton.jit
+def key_split(start_m, t_q, t_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """(kv_offset, full, hi) for the query block starting at row start_m: keys [0, full) are
+    seen by every row of the block (no mask), keys [full, hi) by some rows; keys past hi by none.
+    Causal: row i sees keys j <= i + kv_offset, so the first row sees up to start_m + kv_offset
+    and the last up to start_m + BLOCK_M - 1 + kv_offset; keys past that are never loaded."""
+    kv_offset = t_k - t_q
+    if CAUSAL:
+        hi = tl.minimum(t_k, start_m + BLOCK_M + kv_offset)
+        full = tl.minimum(start_m + kv_offset + 1, t_k) // BLOCK_N * BLOCK_N
+    else:
+        hi = t_k
+        full = t_k // BLOCK_N * BLOCK_N
+    return kv_offset, full, hi
+
+
+def blocks_grid(length, block, batch_heads):
+    """Launch grid of an autotuned kernel: (cdiv(length, its meta[block]), batch_heads)."""
+    return lambda meta: (triton.cdiv(length, meta[block]), batch_heads)
+
+
 # -- backward kernels --
 
 
@@ -94,15 +154,9 @@ def mma(a, b, acc, DOT_PRECISION: tl.constexpr):
 def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_dob, stride_doh, stride_dom,
                   n_heads, t_q, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     # delta: (B, nh, Tq) fp32, delta_i = sum_d dO_id * O_id (= sum_j P_ij dP_ij)
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, HEAD_DIM)
-    in_range = rows[:, None] < t_q
-    o = tl.load(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + cols[None, :],
-                mask=in_range, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom + cols[None, :],
-                 mask=in_range, other=0.0)
+    pid_bh, b, h, _, rows = program_block(n_heads, BLOCK_M, False)
+    o = load_rows(O + b * stride_ob + h * stride_oh, rows, stride_om, t_q, True, HEAD_DIM)
+    do = load_rows(DO + b * stride_dob + h * stride_doh, rows, stride_dom, t_q, True, HEAD_DIM)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + pid_bh.to(tl.int64) * t_q + rows, delta, mask=rows < t_q)
 
@@ -113,19 +167,14 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, DELTA, stride_qm, stride_dom, keys, lo
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate into dk, dv (BLOCK_N, HEAD_DIM) the query blocks [lo, hi). MASKED: some
     rows lie past Tq or some (row, key) pairs are hidden by the causal mask."""
-    cols = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
-        q_ptrs = Q + rows[:, None] * stride_qm + cols[None, :]
-        do_ptrs = DO + rows[:, None] * stride_dom + cols[None, :]
+        q = load_rows(Q, rows, stride_qm, t_q, MASKED, HEAD_DIM)
+        do = load_rows(DO, rows, stride_dom, t_q, MASKED, HEAD_DIM)
         if MASKED:
-            q = tl.load(q_ptrs, mask=rows[:, None] < t_q, other=0.0)
-            do = tl.load(do_ptrs, mask=rows[:, None] < t_q, other=0.0)
             lse = tl.load(LSE + rows, mask=rows < t_q, other=0.0)
             delta = tl.load(DELTA + rows, mask=rows < t_q, other=0.0)
         else:
-            q = tl.load(q_ptrs)
-            do = tl.load(do_ptrs)
             lse = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
         # Work transposed, (BLOCK_N, BLOCK_M): the key block is the rows of every product.
@@ -151,16 +200,9 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                  HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # grid: (cdiv(Tk, BLOCK_N), B * nh); DK, DV: (B, nh, Tk, HEAD_DIM) contiguous
-    pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
-    b, h = (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64)
-    start_n = pid_n * BLOCK_N
-    keys = start_n + tl.arange(0, BLOCK_N)
-    cols = tl.arange(0, HEAD_DIM)
-    key_in_range = keys[:, None] < t_k
-    k = tl.load(K + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + cols[None, :],
-                mask=key_in_range, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + cols[None, :],
-                mask=key_in_range, other=0.0)
+    pid_bh, b, h, start_n, keys = program_block(n_heads, BLOCK_N, False)
+    k = load_rows(K + b * stride_kb + h * stride_kh, keys, stride_kn, t_k, True, HEAD_DIM)
+    v = load_rows(V + b * stride_vb + h * stride_vh, keys, stride_vn, t_k, True, HEAD_DIM)
     Q += b * stride_qb + h * stride_qh
     DO += b * stride_dob + h * stride_doh
     LSE += pid_bh.to(tl.int64) * t_q
@@ -190,9 +232,8 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                          tl.maximum(full_lo, full_hi), end, t_q, kv_offset, qk_scale,
                          True, CAUSAL, HEAD_DIM, BLOCK_M, DOT_PRECISION)
 
-    out = pid_bh.to(tl.int64) * t_k * HEAD_DIM + keys[:, None] * HEAD_DIM + cols[None, :]
-    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=key_in_range)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=key_in_range)
+    store_rows(DK, pid_bh, keys, t_k, dk * scale, HEAD_DIM)
+    store_rows(DV, pid_bh, keys, t_k, dv, HEAD_DIM)
 
 
 @triton.jit
@@ -201,17 +242,10 @@ def _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, rows, lo, hi, 
               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate into dq (BLOCK_M, HEAD_DIM) the key blocks [lo, hi). MASKED: some keys lie
     past Tk or behind the causal diagonal."""
-    cols = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = K + keys[:, None] * stride_kn + cols[None, :]
-        v_ptrs = V + keys[:, None] * stride_vn + cols[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=keys[:, None] < t_k, other=0.0)
-            v = tl.load(v_ptrs, mask=keys[:, None] < t_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k = load_rows(K, keys, stride_kn, t_k, MASKED, HEAD_DIM)
+        v = load_rows(V, keys, stride_vn, t_k, MASKED, HEAD_DIM)
         # (BLOCK_M, BLOCK_N), log2 units
         s = mma(q, tl.trans(k), None, DOT_PRECISION) * qk_scale - lse2[:, None]
         if MASKED:
@@ -235,37 +269,23 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # grid: (cdiv(Tq, BLOCK_M), B * nh), the last query blocks (most keys, causal) first;
     # DQ: (B, nh, Tq, HEAD_DIM) contiguous
-    pid_m, pid_bh = tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1)
-    b, h = (pid_bh // n_heads).to(tl.int64), (pid_bh % n_heads).to(tl.int64)
-    start_m = pid_m * BLOCK_M
-    rows = start_m + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, HEAD_DIM)
-    row_in_range = rows[:, None] < t_q
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_qm + cols[None, :],
-                mask=row_in_range, other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dom + cols[None, :],
-                 mask=row_in_range, other=0.0)
+    pid_bh, b, h, start_m, rows = program_block(n_heads, BLOCK_M, True)
+    q = load_rows(Q + b * stride_qb + h * stride_qh, rows, stride_qm, t_q, True, HEAD_DIM)
+    do = load_rows(DO + b * stride_dob + h * stride_doh, rows, stride_dom, t_q, True, HEAD_DIM)
     lse2 = tl.load(LSE + pid_bh.to(tl.int64) * t_q + rows, mask=rows < t_q, other=0.0) * LOG2E_JIT
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * t_q + rows, mask=rows < t_q, other=0.0)
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
 
     # The forward's split: keys [0, full) are seen by every row of the block, [full, hi) by some.
-    kv_offset = t_k - t_q
-    if CAUSAL:
-        hi = tl.minimum(t_k, start_m + BLOCK_M + kv_offset)
-        full = tl.minimum(start_m + kv_offset + 1, t_k) // BLOCK_N * BLOCK_N
-    else:
-        hi = t_k
-        full = t_k // BLOCK_N * BLOCK_N
+    kv_offset, full, hi = key_split(start_m, t_q, t_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     dq = _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, rows, 0, full, t_k,
                    kv_offset, qk_scale, False, CAUSAL, HEAD_DIM, BLOCK_N, DOT_PRECISION)
     dq = _dq_tiles(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, rows, full, hi, t_k,
                    kv_offset, qk_scale, True, CAUSAL, HEAD_DIM, BLOCK_N, DOT_PRECISION)
 
-    out = pid_bh.to(tl.int64) * t_q * HEAD_DIM + rows[:, None] * HEAD_DIM + cols[None, :]
-    tl.store(DQ + out, (dq * scale).to(DQ.dtype.element_ty), mask=row_in_range)
+    store_rows(DQ, pid_bh, rows, t_q, dq * scale, HEAD_DIM)
 
 
 # -- launcher and op --
@@ -317,11 +337,9 @@ def _attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.T
     common = dict(HEAD_DIM=hs, CAUSAL=causal, DOT_PRECISION=precision)
     sizes = (nh, t_q, t_k, scale * LOG2E, scale, seq_bucket(t_q, t_k))
     strides = (*strides3(q), *strides3(k), *strides3(v), *strides3(do))
-    key_blocks = lambda meta: (triton.cdiv(t_k, meta["BLOCK_N"]), B * nh)  # noqa: E731
-    query_blocks = lambda meta: (triton.cdiv(t_q, meta["BLOCK_M"]), B * nh)  # noqa: E731
-    wrap_triton(DKDV_KERNELS[precision, hs])[key_blocks](
+    wrap_triton(DKDV_KERNELS[precision, hs])[blocks_grid(t_k, "BLOCK_N", B * nh)](
         q, k, v, do, lse, delta, dk, dv, *strides, *sizes, **common)
-    wrap_triton(DQ_KERNELS[precision, hs])[query_blocks](
+    wrap_triton(DQ_KERNELS[precision, hs])[blocks_grid(t_q, "BLOCK_M", B * nh)](
         q, k, v, do, lse, delta, dq, *strides, *sizes, **common)
     return dq, dk, dv
 

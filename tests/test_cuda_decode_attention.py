@@ -20,35 +20,13 @@ import math
 import pytest
 import torch
 
+from attention_inputs import decode_inputs, decode_reference
 from kernel_check import assert_matches, poisoned
 from mini_llm.errors import KernelInputError
-from mini_llm.ops import reference
 from mini_llm.ops.cuda import decode_attention as cuda_da
 
 gpu = pytest.mark.gpu
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def make_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype, device="cuda", strided_q=False):
-    """q, k_cache, v_cache, cache_lens; the cache past each sequence's length is NaN (as an
-    unwritten cache may be): a kernel that reads it, even only to mask it, turns NaN."""
-    if strided_q:  # (B, Tq, nh, hs) as the model lays it out, viewed as (B, nh, Tq, hs)
-        q = torch.randn(B, t_q, nh, hs, device=device).to(dtype).transpose(1, 2)
-    else:
-        q = torch.randn(B, nh, t_q, hs, device=device).to(dtype)
-    k, v = (torch.randn(B, nkv, t_max, hs, device=device).to(dtype) for _ in range(2))
-    cache_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    unwritten = torch.arange(t_max, device=device) >= cache_lens[:, None].long()  # (B, Tmax)
-    for cache in (k, v):
-        cache.masked_fill_(unwritten[:, None, :, None], float("nan"))
-    return q, k, v, cache_lens
-
-
-def expected(q, k, v, cache_lens, scale=None):
-    """The reference in float64; it reads the whole cache, so the NaN past the lengths is zeroed
-    first (those keys are masked out anyway)."""
-    k, v = (torch.nan_to_num(t.double()) for t in (k, v))
-    return reference.decode_attention(q.double(), k, v, cache_lens, scale)
 
 
 def run_binding(ext, q, k, v, cache_lens, num_splits, scale=None):
@@ -77,8 +55,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_matches_reference(cuda_ext, case, dtype, hs, num_splits):
     B, nh, nkv, t_q, t_max, lens = CASES[case]
-    q, k, v, cache_lens = make_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype)
-    assert_matches(run_binding(cuda_ext, q, k, v, cache_lens, num_splits), expected(q, k, v, cache_lens))
+    q, k, v, cache_lens = decode_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype)
+    assert_matches(run_binding(cuda_ext, q, k, v, cache_lens, num_splits), decode_reference(q, k, v, cache_lens))
 
 
 @gpu
@@ -86,8 +64,8 @@ def test_matches_reference(cuda_ext, case, dtype, hs, num_splits):
 def test_split_count_does_not_change_the_answer(cuda_ext, dtype):
     """One split, several, and far more than the short sequences have keys (their blocks exit at
     once and the combine must skip them): each the reference, and the same up to rounding."""
-    q, k, v, cache_lens = make_inputs(3, 4, 2, 3, 700, 128, [700, 5, 333], dtype)
-    want = expected(q, k, v, cache_lens)
+    q, k, v, cache_lens = decode_inputs(3, 4, 2, 3, 700, 128, [700, 5, 333], dtype)
+    want = decode_reference(q, k, v, cache_lens)
     outs = {n: run_binding(cuda_ext, q, k, v, cache_lens, n) for n in (1, 3, 100)}
     for n, out in outs.items():
         assert_matches(out, want)
@@ -102,29 +80,29 @@ def test_long_caches_and_big_batches(dtype):
     for B, nh, nkv, t_max, lens in [(1, 8, 2, 32768, [32768]), (72, 8, 4, 512, None),
                                     (4, 8, 8, 9000, [9000, 1, 4097, 8191])]:
         lens = lens or torch.randint(1, t_max + 1, (B,)).tolist()
-        q, k, v, cache_lens = make_inputs(B, nh, nkv, 1, t_max, 128, lens, dtype)
-        assert_matches(cuda_da.decode_attention(q, k, v, cache_lens), expected(q, k, v, cache_lens))
+        q, k, v, cache_lens = decode_inputs(B, nh, nkv, 1, t_max, 128, lens, dtype)
+        assert_matches(cuda_da.decode_attention(q, k, v, cache_lens), decode_reference(q, k, v, cache_lens))
 
 
 @gpu
 def test_public_function_strided_q_and_scale():
-    q, k, v, cache_lens = make_inputs(2, 6, 3, 3, 333, 64, [333, 20], torch.bfloat16, strided_q=True)
+    q, k, v, cache_lens = decode_inputs(2, 6, 3, 3, 333, 64, [333, 20], torch.bfloat16, strided_q=True)
     assert not q.is_contiguous()
     out = cuda_da.decode_attention(q, k, v, cache_lens, scale=0.3)
     assert out.shape == q.shape and out.is_contiguous()
-    assert_matches(out, expected(q, k, v, cache_lens, 0.3))
+    assert_matches(out, decode_reference(q, k, v, cache_lens, 0.3))
 
 
 @gpu
 def test_torch_compile():
-    q, k, v, cache_lens = make_inputs(2, 8, 2, 1, 257, 128, [257, 100], torch.bfloat16)
+    q, k, v, cache_lens = decode_inputs(2, 8, 2, 1, 257, 128, [257, 100], torch.bfloat16)
     compiled = torch.compile(cuda_da.decode_attention)
-    assert_matches(compiled(q, k, v, cache_lens), expected(q, k, v, cache_lens))
+    assert_matches(compiled(q, k, v, cache_lens), decode_reference(q, k, v, cache_lens))
 
 
 @gpu
 def test_custom_op_passes_opcheck():
-    q, k, v, cache_lens = make_inputs(2, 4, 2, 2, 70, 64, [70, 2], torch.bfloat16)
+    q, k, v, cache_lens = decode_inputs(2, 4, 2, 2, 70, 64, [70, 2], torch.bfloat16)
     torch.library.opcheck(torch.ops.mini_llm.cuda_decode_attention.default, (q, k, v, cache_lens, 0.125, 0),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -133,7 +111,7 @@ def test_custom_op_passes_opcheck():
 def test_cuda_graph_replay_reads_new_lengths():
     """Decoding under a CUDA graph: the lengths tensor is updated in place between replays (the
     wrapper skips its length check while capturing; the kernels read the lengths on the device)."""
-    q, k, v, cache_lens = make_inputs(2, 8, 2, 1, 600, 64, [600, 600], torch.float16)
+    q, k, v, cache_lens = decode_inputs(2, 8, 2, 1, 600, 64, [600, 600], torch.float16)
     cache_lens.copy_(torch.tensor([10, 20], dtype=torch.int32))
     cuda_da.decode_attention(q, k, v, cache_lens)  # warm-up outside the graph (builds, plans)
     graph = torch.cuda.CUDAGraph()
@@ -143,12 +121,12 @@ def test_cuda_graph_replay_reads_new_lengths():
         cache_lens.copy_(torch.tensor(lens, dtype=torch.int32))
         graph.replay()
         torch.cuda.synchronize()
-        assert_matches(out, expected(q, k, v, cache_lens))
+        assert_matches(out, decode_reference(q, k, v, cache_lens))
 
 
 @gpu
 def test_wrapper_rejects_bad_inputs():
-    q, k, v, cache_lens = make_inputs(1, 4, 2, 2, 50, 64, [50], torch.bfloat16)
+    q, k, v, cache_lens = decode_inputs(1, 4, 2, 2, 50, 64, [50], torch.bfloat16)
     with pytest.raises(KernelInputError, match="head dim 96 is not supported"):
         cuda_da.decode_attention(q[..., :48].repeat(1, 1, 1, 2), k[..., :48].repeat(1, 1, 1, 2),
                                  v[..., :48].repeat(1, 1, 1, 2), cache_lens)
@@ -165,7 +143,7 @@ def test_wrapper_rejects_bad_inputs():
 
 @gpu
 def test_binding_rejects_bad_inputs(cuda_ext):
-    q, k, v, cache_lens = make_inputs(2, 4, 2, 2, 48, 64, [48, 9], torch.bfloat16)
+    q, k, v, cache_lens = decode_inputs(2, 4, 2, 2, 48, 64, [48, 9], torch.bfloat16)
     stream = torch.cuda.current_stream().cuda_stream
     out = torch.empty_like(q)
 
@@ -199,13 +177,13 @@ def test_binding_rejects_bad_inputs(cuda_ext):
 
 
 def test_wrapper_rejects_cpu_tensors():
-    q, k, v, cache_lens = make_inputs(1, 2, 1, 1, 8, 64, [8], torch.float32, device="cpu")
+    q, k, v, cache_lens = decode_inputs(1, 2, 1, 1, 8, 64, [8], torch.float32, device="cpu")
     with pytest.raises(KernelInputError, match="inputs must be CUDA tensors"):
         cuda_da.decode_attention(q, k, v, cache_lens)
 
 
 def test_binding_rejects_cpu_tensors_and_dtypes(cuda_ext):
-    q, k, v, cache_lens = make_inputs(1, 2, 1, 1, 8, 64, [8], torch.float32, device="cpu")
+    q, k, v, cache_lens = decode_inputs(1, 2, 1, 1, 8, 64, [8], torch.float32, device="cpu")
     with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
         cuda_ext.decode_attention(q, k, v, cache_lens, torch.empty_like(q), 0.125, 0, 0)
     with pytest.raises(RuntimeError, match="q must be float32, float16 or bfloat16"):

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from attention_inputs import reference_lse
 from kernel_check import DEVICE, assert_matches, poisoned
 from mini_llm.errors import KernelInputError
 from mini_llm.ops import reference
@@ -108,15 +109,6 @@ def test_no_queries():
     dq, dk, dv = torch.autograd.grad(o, (q, k, v), torch.ones_like(o))
     assert o.shape == (1, 2, 0, 32) and dq.shape == q.shape
     assert not dk.any() and not dv.any()
-
-
-def reference_lse(q, k, causal, scale):
-    """log sum_j exp(scale * q.k_j) over the visible keys, in float64."""
-    scores = (q.double() @ k.double().transpose(-2, -1)) * scale
-    if causal:
-        visible = reference.causal_mask(q.size(-2), k.size(-2), q.device)
-        scores = scores.masked_fill(~visible, -math.inf)
-    return torch.logsumexp(scores, dim=-1)
 
 
 @pytest.mark.parametrize("dtype,causal", [(F32, True), (BF16, True), (F16, False)])

@@ -11,33 +11,11 @@ graph capture.   Run: python -m pytest -q tests/test_triton_decode_attention.py
 import pytest
 import torch
 
+from attention_inputs import decode_inputs, decode_reference
 from kernel_check import DEVICE, assert_matches
 from mini_llm.errors import KernelInputError
-from mini_llm.ops import reference
 
 da = pytest.importorskip("mini_llm.kernels.decode_attention")
-
-
-def make_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype, device=DEVICE, strided_q=False):
-    """q, k_cache, v_cache, cache_lens; the cache past each sequence's length is NaN (as an
-    unwritten cache may be): a kernel that reads it, even only to mask it, turns NaN."""
-    if strided_q:  # (B, Tq, nh, hs) as the model lays it out, viewed as (B, nh, Tq, hs)
-        q = torch.randn(B, t_q, nh, hs, device=device).to(dtype).transpose(1, 2)
-    else:
-        q = torch.randn(B, nh, t_q, hs, device=device).to(dtype)
-    k, v = (torch.randn(B, nkv, t_max, hs, device=device).to(dtype) for _ in range(2))
-    cache_lens = torch.tensor(lens, dtype=torch.int32, device=device)
-    unwritten = torch.arange(t_max, device=device) >= cache_lens[:, None].long()  # (B, Tmax)
-    for cache in (k, v):
-        cache.masked_fill_(unwritten[:, None, :, None], float("nan"))
-    return q, k, v, cache_lens
-
-
-def expected(q, k, v, cache_lens, scale=None):
-    """The reference in float64; it reads the whole cache, so the NaN past the lengths is
-    zeroed first (those keys are masked out anyway)."""
-    k, v = (torch.nan_to_num(t.double()) for t in (k, v))
-    return reference.decode_attention(q.double(), k, v, cache_lens, scale)
 
 
 # (B, nh, nkv, Tq, Tmax, hs, lens): lengths equal to Tq and to Tmax, and not multiples of the
@@ -58,15 +36,15 @@ MATCH = [(case, dtype) for case in CASES for dtype in ("fp32", "bf16")] + [("gqa
 @pytest.mark.parametrize("case,dtype", [pytest.param(c, DTYPES[d], id=f"{c}-{d}") for c, d in MATCH])
 def test_matches_reference(case, dtype):
     B, nh, nkv, t_q, t_max, hs, lens = CASES[case]
-    q, k, v, cache_lens = make_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype)
+    q, k, v, cache_lens = decode_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype)
     out = da.decode_attention(q, k, v, cache_lens)
-    assert_matches(out, expected(q, k, v, cache_lens))
+    assert_matches(out, decode_reference(q, k, v, cache_lens))
 
 
 def test_strided_q_and_scale():
-    q, k, v, cache_lens = make_inputs(2, 6, 3, 3, 33, 64, [33, 20], torch.float32, strided_q=True)
+    q, k, v, cache_lens = decode_inputs(2, 6, 3, 3, 33, 64, [33, 20], torch.float32, strided_q=True)
     assert not q.is_contiguous()
-    assert_matches(da.decode_attention(q, k, v, cache_lens, scale=0.3), expected(q, k, v, cache_lens, 0.3))
+    assert_matches(da.decode_attention(q, k, v, cache_lens, scale=0.3), decode_reference(q, k, v, cache_lens, 0.3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -74,8 +52,8 @@ def test_split_count_does_not_change_the_answer(dtype):
     """One chunk (the kernel writes the output itself), several (the combine kernel merges
     them), and more chunks than the short sequences have keys (their programs exit early and
     the combine must skip them): all the reference, and the same up to rounding."""
-    q, k, v, cache_lens = make_inputs(3, 4, 2, 3, 70, 64, [70, 5, 33], dtype)
-    want = expected(q, k, v, cache_lens)
+    q, k, v, cache_lens = decode_inputs(3, 4, 2, 3, 70, 64, [70, 5, 33], dtype)
+    want = decode_reference(q, k, v, cache_lens)
     outs = {}
     for num_splits in (1, 3, 100):
         outs[num_splits] = da.decode_attention(q, k, v, cache_lens, num_splits=num_splits)
@@ -99,9 +77,9 @@ def test_plan_splits():
 def test_registered_op_and_fake():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    q, k, v, cache_lens = make_inputs(2, 4, 2, 2, 20, 64, [20, 9], torch.float32)
+    q, k, v, cache_lens = decode_inputs(2, 4, 2, 2, 20, 64, [20, 9], torch.float32)
     out = torch.ops.mini_llm.triton_decode_attention(q, k, v, cache_lens, 0.125, 2, 16)
-    assert_matches(out, expected(q, k, v, cache_lens, 0.125))
+    assert_matches(out, decode_reference(q, k, v, cache_lens, 0.125))
     strided_q = q.transpose(1, 2).contiguous().transpose(1, 2)
     with FakeTensorMode() as mode:
         fake = torch.ops.mini_llm.triton_decode_attention(
@@ -111,7 +89,7 @@ def test_registered_op_and_fake():
 
 def _bad(**change):
     """Good inputs (B 2, nh 4, nkv 2, Tq 2, Tmax 20, hs 64) with some replaced."""
-    q, k, v, cache_lens = make_inputs(2, 4, 2, 2, 20, 64, [20, 9], torch.float32)
+    q, k, v, cache_lens = decode_inputs(2, 4, 2, 2, 20, 64, [20, 9], torch.float32)
     args = dict(q=q, k_cache=k, v_cache=v, cache_lens=cache_lens)
     args.update({name: make(args) for name, make in change.items()})
     return args
@@ -147,7 +125,7 @@ def test_bad_input(case):
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    q, k, v, cache_lens = make_inputs(1, 2, 2, 1, 8, 64, [8], torch.float32, device="cpu")
+    q, k, v, cache_lens = decode_inputs(1, 2, 2, 1, 8, 64, [8], torch.float32, device="cpu")
     with pytest.raises(KernelInputError, match="inputs must be CUDA tensors"):
         da.decode_attention(q, k, v, cache_lens)
 
@@ -157,7 +135,7 @@ def per_sequence_reference(q, k, v, cache_lens):
     at once would widen B x nh x Tmax x hs to float64 (tens of GB at batch 64, 32k)."""
     outs = []
     for b, n in enumerate(cache_lens.tolist()):
-        outs.append(expected(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], cache_lens[b:b + 1]))
+        outs.append(decode_reference(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], cache_lens[b:b + 1]))
     return torch.cat(outs)
 
 
@@ -172,7 +150,7 @@ def test_grid_gpu(B, t_max, nh, nkv, t_q, hs, dtype):
     lens[0] = t_max
     if B > 1:
         lens[-1] = t_q
-    q, k, v, cache_lens = make_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype, device="cuda")
+    q, k, v, cache_lens = decode_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype, device="cuda")
     want = per_sequence_reference(q, k, v, cache_lens)
     assert_matches(da.decode_attention(q, k, v, cache_lens), want)
     assert_matches(da.decode_attention(q, k, v, cache_lens, num_splits=1), want)
@@ -183,7 +161,7 @@ def test_cuda_graph_replay_gpu():
     """Captured once (the lengths are not read back: the plan covers the whole cache), replayed
     after the lengths change in place, as a generation loop does."""
     B, nh, nkv, t_q, t_max, hs = 4, 16, 4, 1, 3000, 128
-    q, k, v, cache_lens = make_inputs(B, nh, nkv, t_q, t_max, hs, [t_max] * B, torch.bfloat16, device="cuda")
+    q, k, v, cache_lens = decode_inputs(B, nh, nkv, t_q, t_max, hs, [t_max] * B, torch.bfloat16, device="cuda")
     da.decode_attention(q, k, v, cache_lens)  # compile outside the capture (same plan: full lengths)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
