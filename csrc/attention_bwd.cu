@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(BwdParams
   const T* dout = p.dout + batch * p.dos.batch + head * p.dos.head + row * p.dos.seq;
   float acc = 0.f;
   for (int d = lane; d < head_dim; d += 32) acc = fmaf(static_cast<float>(o[d]), static_cast<float>(dout[d]), acc);
-  for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  acc = warp_sum(acc);
   if (lane == 0) p.delta[(static_cast<int64_t>(batch) * p.heads + head) * p.t_q + row] = acc;
 }
 

@@ -27,16 +27,6 @@ constexpr int kRowsPerWarp = 2;
 constexpr int kRowsPerBlock = kF32Warps * kRowsPerWarp;
 constexpr int kTile = 32;  // keys (or queries) per tile: one per lane
 
-__device__ __forceinline__ float warp_max(float x) {
-  for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-  return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-  return x;
-}
-
 // rows[r][d] = src[(row0 + r) * stride + d] * factor, zero past `rows_valid`. All threads.
 template <int kRows, int kHeadDim, int kLd>
 __device__ void load_rows(float (*rows)[kLd], const float* src, int64_t stride, int row0, int rows_valid,

@@ -31,24 +31,17 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "device_common.cuh"
+
 namespace mini_llm {
 namespace {
 
-constexpr int kWarp = 32;
+using namespace device;
+
 constexpr int kMaxThreads = 512;        // threads per row (= per block); 512 * 16 = kNormMaxCols
 constexpr int kFloatsPerThread = 16;    // elements of a row each thread keeps in registers
 constexpr int kNarrowRows = 4;          // rows per block when one warp holds a whole row
 static_assert(kMaxThreads * kFloatsPerThread == kNormMaxCols, "kNormMaxCols is what the layout covers");
-
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // VEC elements of T moved as one unit: a 128-bit load / store when VEC * sizeof(T) == 16.
 template <typename T, int VEC>
@@ -96,12 +89,6 @@ __device__ __forceinline__ void store_f32(float* p, int i, const float (&in)[VEC
     for (int j = 0; j < VEC; j += 4)
       reinterpret_cast<float4*>(p + i * VEC + j)[0] = make_float4(in[j], in[j + 1], in[j + 2], in[j + 3]);
   }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 // Each v[n] summed over the blockDim.x threads of one row; every thread gets the sums. A row

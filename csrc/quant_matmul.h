@@ -1,5 +1,5 @@
-// Launchers of the weight-only quantized matmul out = x @ W.T (kernels in quant_matmul.cu; plain
-// pointers, no torch types).
+// Launchers of the weight-only quantized matmul out = x @ W.T (defined in quant_matmul.cu, kernels
+// in quant_matmul_gemv.cu and quant_matmul_tiled.cu; plain pointers, no torch types).
 //
 // The weight W (N, K) = (out_features, in_features) is stored quantized (mini_llm/quant.py):
 //   bits 8: qweight int8 (N, K), W[n, k] = q * scales[n]            (group_size == K)

@@ -141,6 +141,8 @@ def test_ptxas_report_lists_every_kernel_for_both_archs(cuda_ext):
     for source in sorted(jit.csrc_dir().glob("*.cu")):
         logs = [p for p in obj_dir.glob(f"{source.stem}-*.ptxas.txt") if p.name.split("-")[0] == source.stem]
         assert len(logs) == 1, f"{source.name}: expected one ptxas log, found {logs}"
+        if "__global__" not in source.read_text():
+            continue  # host code only (quant_matmul.cu: checks and the choice of path)
         rows = ptxas.parse(logs[0].read_text())
         by_arch = {arch: sorted(r.name for r in rows if r.arch == arch) for arch in ARCHS}
         assert by_arch["sm_80"], f"{source.name}: no kernels in its ptxas report"

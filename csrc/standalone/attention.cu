@@ -33,44 +33,11 @@
 #include <vector>
 
 #include "attention.h"
-
-#define CUDA_CHECK(call)                                                                         \
-  do {                                                                                           \
-    const cudaError_t err_ = (call);                                                             \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "standalone/common.h"
 
 using mini_llm::AttentionShape;
 using mini_llm::AttentionStrides;
 using mini_llm::DType;
-
-// Host-side conversions, the dtype each element type maps to, and its tolerance (as the tests).
-template <typename T>
-struct Host;
-template <>
-struct Host<float> {
-  static constexpr DType dtype = DType::f32;
-  static constexpr double tolerance = 1e-5;
-  static float from(float x) { return x; }
-  static float to_float(float x) { return x; }
-};
-template <>
-struct Host<__half> {
-  static constexpr DType dtype = DType::f16;
-  static constexpr double tolerance = 2e-3;
-  static __half from(float x) { return __float2half(x); }
-  static float to_float(__half x) { return __half2float(x); }
-};
-template <>
-struct Host<__nv_bfloat16> {
-  static constexpr DType dtype = DType::bf16;
-  static constexpr double tolerance = 1e-2;
-  static __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
-  static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-};
 
 // Everything in (B, nh, T, hs) order, contiguous, double.
 struct Reference {
@@ -155,24 +122,6 @@ struct Tensor {
   }
   ~Tensor() { cudaFree(device); }
 };
-
-// A NaN-filled device buffer (0xff bytes are NaN in every float format): unwritten elements fail.
-template <typename T>
-T* poisoned(size_t n) {
-  T* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
-  CUDA_CHECK(cudaMemset(p, 0xff, n * sizeof(T)));
-  return p;
-}
-
-template <typename T>
-std::vector<double> download(const T* device, size_t n) {
-  std::vector<T> raw(n);
-  CUDA_CHECK(cudaMemcpy(raw.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
-  std::vector<double> out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = Host<T>::to_float(raw[i]);
-  return out;
-}
 
 // Norm-wise relative error (NaN counts as a failure). An all-zero reference (dq and dk with a
 // single key: softmax is constantly 1) gets the largest absolute error instead.

@@ -30,44 +30,11 @@
 #include <vector>
 
 #include "decode_attention.h"
-
-#define CUDA_CHECK(call)                                                                         \
-  do {                                                                                           \
-    const cudaError_t err_ = (call);                                                             \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "standalone/common.h"
 
 using mini_llm::DecodeAttentionPlan;
 using mini_llm::DecodeAttentionShape;
 using mini_llm::DType;
-
-// Host-side conversions and the dtype each element type maps to.
-template <typename T>
-struct Host;
-template <>
-struct Host<float> {
-  static constexpr DType dtype = DType::f32;
-  static constexpr double tolerance = 1e-5;
-  static float from(float x) { return x; }
-  static float to_float(float x) { return x; }
-};
-template <>
-struct Host<__half> {
-  static constexpr DType dtype = DType::f16;
-  static constexpr double tolerance = 2e-3;
-  static __half from(float x) { return __float2half(x); }
-  static float to_float(__half x) { return __half2float(x); }
-};
-template <>
-struct Host<__nv_bfloat16> {
-  static constexpr DType dtype = DType::bf16;
-  static constexpr double tolerance = 1e-2;
-  static __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
-  static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-};
 
 // out[b][h][i] = softmax_j<=pos(scale * q.k_j) v_j in double, pos = len_b - Tq + i, kv head h / group.
 std::vector<double> reference(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,

@@ -27,39 +27,9 @@
 #include <vector>
 
 #include "layer_norm.h"
+#include "standalone/common.h"
 
 using namespace mini_llm;
-
-#define CUDA_CHECK(call)                                                                              \
-  do {                                                                                                \
-    cudaError_t err_ = (call);                                                                        \
-    if (err_ != cudaSuccess) {                                                                        \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_));   \
-      std::exit(1);                                                                                   \
-    }                                                                                                 \
-  } while (0)
-
-// Host-side view of each element type: its DType, conversions and the tolerance on the norm-wise
-// relative error (the rounding of one output element).
-template <typename T> struct Elem;
-template <> struct Elem<float> {
-  static constexpr DType dtype = DType::f32;
-  static constexpr double tol = 1e-5;
-  static float make(float v) { return v; }
-  static double value(float v) { return v; }
-};
-template <> struct Elem<__half> {
-  static constexpr DType dtype = DType::f16;
-  static constexpr double tol = 2e-3;
-  static __half make(float v) { return __float2half(v); }
-  static double value(__half v) { return __half2float(v); }
-};
-template <> struct Elem<__nv_bfloat16> {
-  static constexpr DType dtype = DType::bf16;
-  static constexpr double tol = 1e-2;
-  static __nv_bfloat16 make(float v) { return __float2bfloat16(v); }
-  static double value(__nv_bfloat16 v) { return __bfloat162float(v); }
-};
 
 struct Variant {
   const char* name;
@@ -71,29 +41,11 @@ constexpr Variant kVariants[] = {
     {"add_rms_norm", true, false, true},
 };
 
-// A device buffer of n elements, filled with NaN (all bits set) so that an unwritten element fails.
-template <typename T>
-T* device_poisoned(size_t n) {
-  T* p = nullptr;
-  CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
-  CUDA_CHECK(cudaMemset(p, 0xff, n * sizeof(T)));
-  return p;
-}
-
 template <typename T>
 T* device_copy(const std::vector<T>& host) {
-  T* p = device_poisoned<T>(host.size());
+  T* p = poisoned<T>(host.size());
   CUDA_CHECK(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   return p;
-}
-
-template <typename T>
-std::vector<double> to_host(const T* device, size_t n) {
-  std::vector<T> host(n);
-  CUDA_CHECK(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
-  std::vector<double> out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = Elem<T>::value(host[i]);
-  return out;
 }
 
 // ||got - want|| / ||want||, or infinity if anything is NaN; prints one line, returns pass/fail.
@@ -159,11 +111,11 @@ struct Run {
   int partial_rows = 0;
   cudaError_t forward(cudaStream_t stream = 0) const {
     return norm_forward(x, v.fused ? delta : nullptr, v.fused ? s : nullptr, w, v.bias ? b : nullptr, y, mean, rstd,
-                        rows, cols, 1e-5f, v.rms, Elem<T>::dtype, stream);
+                        rows, cols, 1e-5f, v.rms, Host<T>::dtype, stream);
   }
   cudaError_t backward(cudaStream_t stream = 0) const {
     return norm_backward(dy, v.fused ? ds : nullptr, v.fused ? s : x, w, mean, rstd, dx, partials, partial_rows, dw,
-                         v.bias ? db : nullptr, rows, cols, v.rms, Elem<T>::dtype, stream);
+                         v.bias ? db : nullptr, rows, cols, v.rms, Host<T>::dtype, stream);
   }
   size_t forward_bytes() const {  // what the forward must move: x (+ delta) in, y (+ s) out
     return size_t(rows) * cols * sizeof(T) * (v.fused ? 4 : 2);
@@ -181,8 +133,8 @@ Run<T> make_run(const Variant& v, int64_t rows, int cols, std::mt19937& rng, std
     std::vector<T> out(count);
     as_double.resize(count);
     for (size_t i = 0; i < count; ++i) {
-      out[i] = Elem<T>::make(shift + scale * normal(rng));
-      as_double[i] = Elem<T>::value(out[i]);
+      out[i] = Host<T>::from(shift + scale * normal(rng));
+      as_double[i] = Host<T>::to_float(out[i]);
     }
     return out;
   };
@@ -201,11 +153,11 @@ Run<T> make_run(const Variant& v, int64_t rows, int cols, std::mt19937& rng, std
   r.b = device_copy(random_f32(cols, 0.f, 0.5f, host[3]));
   r.dy = device_copy(random(n, 0.f, 1.f, host[4]));
   r.ds = device_copy(random(n, 0.f, 1.f, host[5]));
-  r.s = device_poisoned<T>(n), r.y = device_poisoned<T>(n), r.dx = device_poisoned<T>(n);
-  r.mean = device_poisoned<float>(rows), r.rstd = device_poisoned<float>(rows);
-  CUDA_CHECK(norm_backward_partial_rows(rows, cols, Elem<T>::dtype, &r.partial_rows));
-  r.partials = device_poisoned<float>(size_t(r.partial_rows) * 2 * cols);
-  r.dw = device_poisoned<float>(cols), r.db = device_poisoned<float>(cols);
+  r.s = poisoned<T>(n), r.y = poisoned<T>(n), r.dx = poisoned<T>(n);
+  r.mean = poisoned<float>(rows), r.rstd = poisoned<float>(rows);
+  CUDA_CHECK(norm_backward_partial_rows(rows, cols, Host<T>::dtype, &r.partial_rows));
+  r.partials = poisoned<float>(size_t(r.partial_rows) * 2 * cols);
+  r.dw = poisoned<float>(cols), r.db = poisoned<float>(cols);
   return r;
 }
 
@@ -225,15 +177,15 @@ bool validate(const Variant& v, int64_t rows, int cols, std::mt19937& rng) {
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<double> x_in = host[0];
   if (v.fused)  // s is rounded to T, then normalised: the reference does the same
-    for (size_t i = 0; i < x_in.size(); ++i) x_in[i] = Elem<T>::value(Elem<T>::make(float(host[0][i] + host[1][i])));
+    for (size_t i = 0; i < x_in.size(); ++i) x_in[i] = Host<T>::to_float(Host<T>::from(float(host[0][i] + host[1][i])));
   const Reference want = reference(v, rows, cols, x_in, host[2], host[3], host[4], host[5], 1e-5);
-  const double tol = Elem<T>::tol;
-  bool ok = check("y", to_host(r.y, rows * cols), want.y, tol);
-  if (v.fused) ok &= check("s", to_host(r.s, rows * cols), x_in, tol);
-  ok &= check("dx", to_host(r.dx, rows * cols), want.dx, tol);
-  ok &= check("dweight", to_host(r.dw, cols), want.dw, std::fmax(tol, 1e-4));
-  if (v.bias) ok &= check("dbias", to_host(r.db, cols), want.db, std::fmax(tol, 1e-4));
-  std::printf("  %-5s %-22s %6lld x %-5d %s\n", dtype_name(Elem<T>::dtype), v.name, (long long)rows, cols,
+  const double tol = Host<T>::tolerance;
+  bool ok = check("y", download(r.y, rows * cols), want.y, tol);
+  if (v.fused) ok &= check("s", download(r.s, rows * cols), x_in, tol);
+  ok &= check("dx", download(r.dx, rows * cols), want.dx, tol);
+  ok &= check("dweight", download(r.dw, cols), want.dw, std::fmax(tol, 1e-4));
+  if (v.bias) ok &= check("dbias", download(r.db, cols), want.db, std::fmax(tol, 1e-4));
+  std::printf("  %-5s %-22s %6lld x %-5d %s\n", dtype_name(Host<T>::dtype), v.name, (long long)rows, cols,
               ok ? "ok" : "FAILED");
   free_run(r);
   return ok;
@@ -267,7 +219,7 @@ void benchmark(int64_t rows, int cols, std::mt19937& rng) {
   const double copy_gbs = 2.0 * bytes / copy_ms / 1e6;
   CUDA_CHECK(cudaFree(src));
   CUDA_CHECK(cudaFree(dst));
-  std::printf("  %-5s copy %lld x %d: %.3f ms, %.0f GB/s\n", dtype_name(Elem<T>::dtype), (long long)rows, cols,
+  std::printf("  %-5s copy %lld x %d: %.3f ms, %.0f GB/s\n", dtype_name(Host<T>::dtype), (long long)rows, cols,
               copy_ms, copy_gbs);
   for (const Variant& v : kVariants) {
     std::vector<double> host[6];
@@ -276,7 +228,7 @@ void benchmark(int64_t rows, int cols, std::mt19937& rng) {
     const float bwd = time_ms([&] { return r.backward(); });
     const double fwd_gbs = r.forward_bytes() / fwd / 1e6, bwd_gbs = r.backward_bytes() / bwd / 1e6;
     std::printf("  %-5s %-22s forward %.3f ms %5.0f GB/s (%3.0f%% of copy)   backward %.3f ms %5.0f GB/s (%3.0f%%)\n",
-                dtype_name(Elem<T>::dtype), v.name, fwd, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd, bwd_gbs,
+                dtype_name(Host<T>::dtype), v.name, fwd, fwd_gbs, 100 * fwd_gbs / copy_gbs, bwd, bwd_gbs,
                 100 * bwd_gbs / copy_gbs);
     free_run(r);
   }

@@ -9,7 +9,7 @@
 //
 // Build and run (from the repository root):
 //   nvcc -O3 -std=c++17 -lineinfo -arch=sm_90a -I csrc csrc/standalone/quant_matmul.cu csrc/quant_matmul.cu
-//        -o quant_matmul                                   (one line; -arch=sm_80 on an A100)
+//        csrc/quant_matmul_gemv.cu csrc/quant_matmul_tiled.cu -o quant_matmul   (one line; -arch=sm_80 on an A100)
 //   ./quant_matmul                # validate, then time bf16 M=1 and M=2048 with N = K = 4096
 //   ./quant_matmul M N K          # time another shape (bf16 activations, int8 and int4 g128)
 //   compute-sanitizer --tool memcheck ./quant_matmul 17 300 384        (and --tool racecheck)
@@ -36,43 +36,10 @@
 #include <vector>
 
 #include "quant_matmul.h"
-
-#define CUDA_CHECK(call)                                                                         \
-  do {                                                                                           \
-    const cudaError_t err_ = (call);                                                             \
-    if (err_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "standalone/common.h"
 
 using mini_llm::DType;
 using mini_llm::QuantMatmulPath;
-
-// Host-side conversions, the dtype each element type maps to, and its tolerance (the tests' rule).
-template <typename T>
-struct Host;
-template <>
-struct Host<float> {
-  static constexpr DType dtype = DType::f32;
-  static constexpr double tolerance = 1e-5;
-  static float from(float x) { return x; }
-  static float to_float(float x) { return x; }
-};
-template <>
-struct Host<__half> {
-  static constexpr DType dtype = DType::f16;
-  static constexpr double tolerance = 2e-3;
-  static __half from(float x) { return __float2half(x); }
-  static float to_float(__half x) { return __half2float(x); }
-};
-template <>
-struct Host<__nv_bfloat16> {
-  static constexpr DType dtype = DType::bf16;
-  static constexpr double tolerance = 1e-2;
-  static __nv_bfloat16 from(float x) { return __float2bfloat16(x); }
-  static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-};
 
 // A random (N, K) weight quantized as mini_llm/quant.py does: q = round(w / scale), scale =
 // absmax / qmax of the row (int8) or group (int4), stored as float16. `q` keeps the integers.
