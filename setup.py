@@ -3,7 +3,8 @@
 It is built only when torch and nvcc are both present at build time, i.e. with
 `pip install --no-build-isolation -e .` on a machine that has them; a plain `pip install -e .`
 (torch is not a build requirement, see pyproject.toml) installs the pure-Python package, and
-the registry then reports the `cuda` backend as "extension not built".
+the `cuda` backend then builds the same extension on first use (JIT, mini_llm/ops/cuda/jit.py)
+where nvcc is present.
 """
 
 import glob

@@ -71,7 +71,7 @@ def main(argv=None):
     for r in rows:
         r["val_loss_increase"] = r["val_loss"] - rows[0]["val_loss"]
         r["memory_saved_pct"] = 100 * (1 - r["weight_bytes"] / rows[0]["weight_bytes"])
-        print(f"{r['weights']:>9}: val {r['val_loss']:.4f} ({r['val_loss_increase']:+.4f}), "
+        print(f"{r['weights']:>9}: val {r['val_loss']:.4f} ({r['val_loss_increase']:+.5f}), "
               f"{r['weight_bytes'] / 2**20:.2f} MiB ({r['memory_saved_pct']:.0f}% saved)")
     c = base.config
     name = f"{c.n_layer}L_{c.n_embd}C"
@@ -89,7 +89,7 @@ def main(argv=None):
              f"the model trained {meta['trained']['iters']} iterations (batch {meta['trained']['batch_size']}, "
              f"lr {meta['trained']['lr']}, seed {meta['trained']['seed']}).", "",
              "| weights | val loss | increase | weights MiB | saved |", "|---|---|---|---|---|"]
-    lines += [f"| {r['weights']} | {r['val_loss']:.4f} | {r['val_loss_increase']:+.4f} | "
+    lines += [f"| {r['weights']} | {r['val_loss']:.4f} | {r['val_loss_increase']:+.5f} | "
               f"{r['weight_bytes'] / 2**20:.2f} | {r['memory_saved_pct']:.0f}% |" for r in rows]
     (out / f"quant_quality_{name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out}/quant_quality_{name}.json and .md")

@@ -181,7 +181,7 @@ def measure_or_report(spec, case, backend, dtype_name, pass_, device, limits):
     row = Row(spec.name, backend, case.label, dtype_name, pass_)
     score_bytes = _score_bytes(spec, case.dims, 4)
     if backend == "reference" and score_bytes > TIMED_REFERENCE_BUDGET:
-        row.status, row.reason = "skipped", f"would keep {score_bytes / 2**30:.0f} GiB of T x T matrices"
+        row.status, row.reason = "skipped", f"the reference would keep {score_bytes / 2**30:.0f} GiB of temporaries"
         return row
     try:
         return measure(spec, case, backend, dtype_name, pass_, device, limits)

@@ -190,7 +190,7 @@ SPECS = {
         OpSpec("rms_norm", _rms_norm[0], lambda f, i, d: f(*i, 1e-5), *_rms_norm[1:], _norm_shapes),
         OpSpec("attention", _attention_make, lambda f, i, d: f(*i, d["causal"], None), _attention_bytes,
                _attention_flops, _attention_shapes),
-        OpSpec("decode_attention", _decode_make, lambda f, i, d: f(*i, None), _decode_bytes, _decode_flops,
+        OpSpec("decode_attention", _decode_make, lambda f, i, d: f(*i, None, d["T"]), _decode_bytes, _decode_flops,
                _decode_shapes, differentiable=False),
         OpSpec("quant_matmul", _quant_make, lambda f, i, d: f(*i, d["group"]), _quant_bytes,
                lambda d, bwd: 2 * d["M"] * d["N"] * d["K"], _quant_shapes, differentiable=False, stored=(1, 2)),

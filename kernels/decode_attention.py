@@ -259,12 +259,14 @@ def _(q, k_cache, v_cache, cache_lens, scale, num_splits, split_size):
     return q.new_empty(q.shape)  # contiguous, like the real output
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, *, num_splits=None):
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None, *, num_splits=None):
     """The reference's decode_attention, flash-decoding in Triton; returns (B, nh, Tq, hs) in
     q's dtype. q may be a strided view with stride 1 in its last dim; k_cache, v_cache
     contiguous. num_splits: how many chunks to cut the longest cache length into (default:
-    enough to fill the GPU); the answer does not depend on it beyond rounding."""
-    longest = check_decode_attention(OP, q, k_cache, v_cache, cache_lens, head_dims=(32, 64, 128))
+    enough to fill the GPU); the answer does not depend on it beyond rounding. longest: the
+    longest of cache_lens when the caller knows it; the lengths are then not read back."""
+    longest = check_decode_attention(OP, q, k_cache, v_cache, cache_lens, head_dims=(32, 64, 128),
+                                     longest=longest)
     if q.stride(-1) != 1:
         fail(OP, f"q must have stride 1 in its last (head) dim, got strides {q.stride()}")
     if q.numel() == 0:

@@ -86,11 +86,17 @@ def cmd_train(args):
 QUANT_BITS = {"int8": 8, "int4": 4}
 
 
+def check_quant_flags(quant, group_size):
+    if group_size is not None and quant != "int4":
+        raise MiniLLMError("--group-size is for --quant int4; int8 keeps one scale per output channel")
+
+
 def load_for_inference(run, device, quant=None, group_size=None):
     """A full-precision or quantized checkpoint as a model; `quant` quantizes a full one."""
     from .checkpoint import load_checkpoint, load_model
     from .quant import load_quantized, quantize_model
 
+    check_quant_flags(quant, group_size)
     if load_checkpoint(run).meta.get("quantization"):
         if quant:
             raise MiniLLMError(f"{run} is already quantized; drop --quant")
@@ -131,14 +137,17 @@ def cmd_sample(args):
         print(tokenizer.decode(row))
         print("-" * 40)
     n = args.num_tokens * args.num_samples
-    print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device} ({dtype}"
-          f"{', ' + args.quant + ' weights' if args.quant else ''}, kernels: {ops.describe()})", file=sys.stderr)
+    quant = getattr(model, "quantization", None)
+    weights = f", int{quant['bits']} weights" if quant else ""
+    print(f"{n} tokens in {seconds:.2f} s: {n / seconds:,.0f} tokens/s on {device} ({dtype}{weights}, "
+          f"kernels: {ops.describe()})", file=sys.stderr)
 
 
 def cmd_quantize(args):
     from .checkpoint import load_model
     from .quant import quantize_model, save_quantized
 
+    check_quant_flags(args.quant, args.group_size)
     model, ckpt = load_model(args.run, "cpu")
     summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
     save_quantized(args.out, model, ckpt.meta)
@@ -206,7 +215,9 @@ def cmd_plot(args):
 
 def add_quant_flags(p, required):
     p.add_argument("--quant", choices=tuple(QUANT_BITS), required=required,
-                   help="weight-only quantization of the blocks' linear layers (mini_llm/quant.py)")
+                   help="weight-only quantization of the blocks' linear layers (mini_llm/quant.py); "
+                        "with the torch kernels each step dequantizes the weights, so it saves memory "
+                        "but is slower: the triton and cuda kernels dequantize in registers")
     p.add_argument("--group-size", type=int, choices=(32, 64, 128), default=None,
                    help="int4: weights per scale (default 64); int8 has one scale per output channel")
 

@@ -146,7 +146,7 @@ class CausalSelfAttention(nn.Module):
             # A few new tokens against the cache: a kernel that reads the cache in place,
             # split along its length so even one sequence fills the GPU.
             lengths = cache.lengths(start + T)  # (B,)
-            y = ops.decode_attention(q, cache.k[self.layer], cache.v[self.layer], lengths)
+            y = ops.decode_attention(q, cache.k[self.layer], cache.v[self.layer], lengths, longest=start + T)
         else:
             y = ops.attention(q, k, v, causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)

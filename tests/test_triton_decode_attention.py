@@ -171,3 +171,14 @@ def test_cuda_graph_replay_gpu():
         graph.replay()
         torch.cuda.synchronize()
         assert_matches(out, per_sequence_reference(q, k, v, cache_lens))
+
+
+def test_a_known_longest_length_skips_reading_the_lengths_back(monkeypatch):
+    """The KV cache knows its lengths on the host: passing the longest spares the device sync
+    (here: the read-back would raise), and a longest outside [Tq, Tmax] is still refused."""
+    q, k, v, cache_lens = decode_inputs(2, 4, 2, 2, 20, 64, [20, 9], torch.float32)
+    want = decode_reference(q, k, v, cache_lens)
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **kw: pytest.fail("the lengths were read back"))
+    assert_matches(da.decode_attention(q, k, v, cache_lens, None, 20), want)
+    with pytest.raises(KernelInputError, match=r"longest 21 must lie in \[2, 20\]"):
+        da.decode_attention(q, k, v, cache_lens, None, 21)

@@ -49,10 +49,10 @@ class _OnFirstCall:
     def __init__(self, module, name):
         self.module, self.name, self.fn = module, name, None
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         if self.fn is None:
             self.fn = getattr(importlib.import_module(self.module), self.name)
-        return self.fn(*args)
+        return self.fn(*args, **kwargs)
 
 
 for _op in _OPS:
@@ -86,10 +86,11 @@ def attention(q, k, v, causal=True, scale=None):
     return _get("attention")(q, k, v, causal, scale)
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
     """q: (B, nh, Tq, hs), the newest Tq positions of each sequence; k_cache, v_cache:
-    (B, nkv, Tmax, hs); cache_lens: (B,) int32, the filled length of each sequence's cache."""
-    return _get("decode_attention")(q, k_cache, v_cache, cache_lens, scale)
+    (B, nkv, Tmax, hs); cache_lens: (B,) int32, the filled length of each sequence's cache;
+    longest: their maximum if known on the host (spares the kernels a device sync)."""
+    return _get("decode_attention")(q, k_cache, v_cache, cache_lens, scale, longest)
 
 
 def quant_matmul(x, qweight, scales, group_size):

@@ -123,11 +123,13 @@ def check_attention_backward(op, q, k, v, o, lse, do, causal, head_dims=(32, 64,
 # -- decode_attention --
 
 
-def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 128)):
+def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 128), longest=None):
     """q: (B, nh, Tq, hs); k_cache, v_cache: (B, nkv, Tmax, hs) with nh % nkv == 0;
     cache_lens: (B,) int32, each in [Tq, Tmax]. Checking the lengths reads them back: one
-    device sync, skipped while a CUDA graph is being captured. Returns the longest length
-    (a kernel may size its work by it), or None when the lengths were not read."""
+    device sync, skipped while a CUDA graph is being captured, and skipped when the caller
+    passes `longest`, the longest length, known on the host (the KV cache knows it: a decode
+    step then syncs nowhere). Returns the longest length (a kernel may size its work by it), or
+    None when the lengths were not read."""
     device = kernel_device(op, q)
     check_device(op, device, q=q, k_cache=k_cache, v_cache=v_cache, cache_lens=cache_lens)
     check_rank(op, 4, q=q, k_cache=k_cache, v_cache=v_cache)
@@ -148,6 +150,10 @@ def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 1
     if cache_lens.dim() != 1 or cache_lens.numel() != B or cache_lens.dtype != torch.int32:
         fail(op, f"cache_lens must be an int32 tensor of shape ({B},), got {cache_lens.dtype} "
                  f"{tuple(cache_lens.shape)}")
+    if longest is not None:
+        if not t_q <= longest <= t_max:
+            fail(op, f"longest {longest} must lie in [{t_q}, {t_max}]")
+        return longest
     if (cache_lens.is_cuda and torch.cuda.is_current_stream_capturing()) or B == 0:
         return None
     shortest, longest = torch.stack(torch.aminmax(cache_lens)).tolist()  # the one sync

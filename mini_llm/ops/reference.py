@@ -77,13 +77,15 @@ def attention(q, k, v, causal=True, scale=None):
     return (softmax(scores, dim=-1) @ widen(v)).to(q.dtype)  # (B, nh, Tq, hs)
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
     """Attention of a few new queries per sequence against a KV cache (generation).
 
     q: (B, nh, Tq, hs); k_cache, v_cache: (B, nkv, Tmax, hs); cache_lens: (B,) ints, how many
     positions of each sequence's cache are filled, the Tq new ones included (they are its last
     Tq). Query i of sequence b sits at position cache_lens[b] - Tq + i and sees the keys up to
     it. Grouped-query attention: query head h reads key/value head h // (nh // nkv).
+    longest: the longest of cache_lens if the caller knows it; kernels use it to skip reading
+    the lengths back (the reference has no use for it).
     """
     B, nh, t_q, hs = q.shape
     t_max = k_cache.size(2)

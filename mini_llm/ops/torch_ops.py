@@ -40,7 +40,7 @@ def attention(q, k, v, causal=True, scale=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, scale=None):
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
     """SDPA over the whole cache with a mask per sequence (its flash backend takes no mask, so
     this is what PyTorch offers for a batch of different cache lengths)."""
     t_q, t_max = q.size(2), k_cache.size(2)
