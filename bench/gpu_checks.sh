@@ -41,7 +41,7 @@ sanitize() {  # small odd shapes: every validation case runs, the timing shape s
 }
 
 bench() {
-  mini-llm bench --shapes full --dtype bfloat16 --ops layer_norm,rms_norm,attention,decode_attention,quant_matmul \
+  mini-llm bench --shapes full --dtype bfloat16 --ops layer_norm,rms_norm,add_layer_norm,add_rms_norm,attention,decode_attention,quant_matmul \
     --out "$OUT/bench" && cp "$OUT/bench/results.json" bench/results/ops_full_gpu.json \
     && cp "$OUT/bench/results.md" bench/results/ops_full_gpu.md && cp "$OUT/bench/roofline.png" bench/results/ops_full_gpu_roofline.png
   python -m mini_llm.bench.quant_vs_bf16 --out bench/results

@@ -36,15 +36,19 @@ def rand(shape, dtype, device, generator, scale=1.0):
     return (torch.randn(shape, generator=generator, dtype=torch.float32) * scale).to(device, dtype)
 
 
-def _norm(with_bias):
+def _norm(with_bias, residual=False):
+    """A norm's spec; `residual`: the fused add_* variant (inputs x, delta), which also reads
+    delta and writes s = x + delta (the bench times and checks its y = norm(s))."""
     def make(d, dtype, device, g):
         x = rand((d["rows"], d["cols"]), dtype, device, g, scale=2.0) + 0.5
+        delta = (rand((d["rows"], d["cols"]), dtype, device, g),) if residual else ()
         w = rand((d["cols"],), dtype, device, g) * 0.5 + 1.0
-        return (x, w, rand((d["cols"],), dtype, device, g)) if with_bias else (x, w)
+        return (x, *delta, w, rand((d["cols"],), dtype, device, g)) if with_bias else (x, *delta, w)
 
     def nbytes(d, s, backward):
         params = 2 if with_bias else 1
-        fwd = (2 * d["rows"] * d["cols"] + params * d["cols"]) * s  # read x, w[, b]; write y
+        rows = 4 if residual else 2  # read x[, delta]; write [s,] y
+        fwd = (rows * d["rows"] * d["cols"] + params * d["cols"]) * s  # read x, w[, b]; write y
         bwd = (3 * d["rows"] * d["cols"] + 2 * params * d["cols"]) * s  # x, dy -> dx; dw[, db]
         return fwd + (bwd if backward else 0)
 
@@ -182,12 +186,16 @@ _pointwise_shapes = {"quick": [dict(n=16384 * 1536), dict(n=1_000_003)],  # the 
                      "full": [dict(n=16384 * 1536), dict(n=1 << 28), dict(n=1_000_003)]}
 
 _layer_norm, _rms_norm = _norm(with_bias=True), _norm(with_bias=False)
+_add_layer_norm, _add_rms_norm = _norm(with_bias=True, residual=True), _norm(with_bias=False, residual=True)
 
 SPECS = {
     spec.name: spec
     for spec in [
         OpSpec("layer_norm", _layer_norm[0], lambda f, i, d: f(*i, 1e-5), *_layer_norm[1:], _norm_shapes),
         OpSpec("rms_norm", _rms_norm[0], lambda f, i, d: f(*i, 1e-5), *_rms_norm[1:], _norm_shapes),
+        OpSpec("add_layer_norm", _add_layer_norm[0], lambda f, i, d: f(*i, 1e-5)[1], *_add_layer_norm[1:],
+               _norm_shapes),
+        OpSpec("add_rms_norm", _add_rms_norm[0], lambda f, i, d: f(*i, 1e-5)[1], *_add_rms_norm[1:], _norm_shapes),
         OpSpec("attention", _attention_make, lambda f, i, d: f(*i, d["causal"], None), _attention_bytes,
                _attention_flops, _attention_shapes),
         OpSpec("decode_attention", _decode_make, lambda f, i, d: f(*i, None, d["T"]), _decode_bytes, _decode_flops,
@@ -205,7 +213,8 @@ SPECS = {
     ]
 }
 
-LABELS = {"layer_norm": _label_norm, "rms_norm": _label_norm, "attention": _label_attention,
+LABELS = {"layer_norm": _label_norm, "rms_norm": _label_norm, "add_layer_norm": _label_norm,
+          "add_rms_norm": _label_norm, "attention": _label_attention,
           "decode_attention": _label_decode, "quant_matmul": _label_quant,
           "cross_entropy": lambda d: f"{d['rows']}x{d['vocab']}",
           "gelu": lambda d: f"n={d['n']}", "silu": lambda d: f"n={d['n']}"}

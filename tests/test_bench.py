@@ -15,6 +15,7 @@ from mini_llm.cli import main
 LIMITS = {"device": "test", "copy_gb_s": 10.0, "copy_gb_s_plain": 10.0, "matmul": "test",
           "matmul_tflop_s": 0.1, "matmul_tflop_s_plain": 0.1}
 TINY = {"layer_norm": [dict(rows=7, cols=33)], "rms_norm": [dict(rows=5, cols=17)],
+        "add_layer_norm": [dict(rows=3, cols=20)], "add_rms_norm": [dict(rows=4, cols=9)],
         "attention": [dict(B=1, nh=2, T=9, hs=32, causal=True)],
         "decode_attention": [dict(B=2, nh=4, nkv=2, T=40, hs=64, Tq=1)],
         "quant_matmul": [dict(M=3, K=64, N=10, bits=4, group=32)], "gelu": [dict(n=101)],
@@ -118,7 +119,7 @@ def test_end_to_end_rows():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--ops", "matmul"], "unknown op 'matmul'; choose from layer_norm, rms_norm, attention"),
+    (["--ops", "matmul"], "unknown op 'matmul'; choose from layer_norm, rms_norm, add_layer_norm"),
     (["--backends", "cudnn"], "unknown backend 'cudnn'; choose from reference, torch, triton, cuda"),
     (["--shapes", "huge"], "unknown shape set 'huge'; choose from quick, full"),
     (["--dtype", "int8"], "unknown dtype 'int8'; choose from float32, bfloat16, float16"),
