@@ -185,11 +185,14 @@ _gemv = _autotuned(
      (64, 256, 8, 3), (16, 128, 2, 4)],
     (16, 256, 4, 1), key=["N", "K", "BLOCK_M", "BITS", "GROUP", "SPLIT_K"])
 
-# Tiled shape, H100/A100-sized tiles; int4 with group 128 keeps those with BLOCK_K 128.
+# Tiled shape, H100/A100-sized tiles; int4 with group 128 keeps those with BLOCK_K 128. The
+# last, small one is there for float32 activations with group 128 on an A100: every other
+# BLOCK_K 128 tile needs more than its 163 KB of shared memory (bench/triton_aot_check.py).
 _gemm = _autotuned(
     ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
     [(128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
-     (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 256, 128, 8, 3), (64, 128, 32, 4, 4)],
+     (64, 128, 128, 4, 4), (128, 64, 128, 4, 4), (64, 256, 128, 8, 3), (64, 128, 32, 4, 4),
+     (64, 64, 128, 4, 2)],
     (32, 32, 256, 4, 1), key=["M_BUCKET", "N", "K", "BITS", "GROUP", "SPLIT_K"])
 
 
