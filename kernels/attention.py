@@ -103,8 +103,10 @@ def _attention_fwd_kernel(Q, K, V, O, LSE,
 # Candidate tiles per head dim, (BLOCK_M, BLOCK_N, num_warps, num_stages), for bf16/fp16: from
 # the Triton fused-attention tutorial's search space (BLOCK_M 64/128, BLOCK_N 32..128, 4 or 8
 # warps, 2..4 stages), keeping those that compile for sm_90 without register spills (Triton 3.9,
-# ptxas; hs 128 needs 8 warps for a 128-row tile) and fit an A100's shared memory too. fp32
-# (products on the CUDA cores): small tiles, the 8-warp ones spill-free at hs 128.
+# ptxas; hs 128 needs 8 warps for a 128-row tile) and fit an A100's shared memory too (a few
+# spill 4-36 bytes under 3.6 or 3.9: `python -m mini_llm.bench.triton_aot_check --only attn`).
+# fp32 (products on the CUDA cores): small tiles; at hs 128 even the 8-warp 32 x 32 one spills
+# (0.5-5 KB): exact fp32 attention is the slow path.
 FWD_KERNELS = autotuned(
     _attention_fwd_kernel,
     tiles={32: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 4)],

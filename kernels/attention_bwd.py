@@ -297,7 +297,7 @@ DELTA_BLOCK_M = 16 if INTERPRETED else 64
 # neighbours, keeping those that compile for sm_90 without register spills (Triton 3.9, ptxas;
 # hs 128 needs 8 warps). dK/dV: a wide key block and its two fp32 accumulators stay on chip
 # while thin query blocks stream past; dQ: the transpose. fp32 (products on the CUDA cores):
-# small tiles, and at hs 128 only the 8-warp ones among them compile without spills.
+# small tiles, which at hs 128 still spill (see bench/triton_aot_check.py): the slow path.
 DKDV_KERNELS = autotuned(
     _dkdv_kernel,
     tiles={32: [(32, 128, 4, 5), (64, 128, 8, 3), (32, 64, 4, 4), (16, 128, 4, 4)],
