@@ -399,18 +399,11 @@ cudaError_t attention_backward(const void* q, const void* k, const void* v, cons
   if (shape.batch * shape.heads == 0) return cudaSuccess;
   if (shape.t_k < 1 || (causal && shape.t_q > shape.t_k)) return cudaErrorInvalidValue;
   const AttentionStrides strides[5] = {q_strides, k_strides, v_strides, out_strides, dout_strides};
-  switch (dtype) {
-    case DType::bf16:
-      return launch_typed(make_params<__nv_bfloat16>(q, k, v, out, lse, dout, dq, dk, dv, delta, shape, strides, scale),
-                          shape, causal, stream);
-    case DType::f16:
-      return launch_typed(make_params<__half>(q, k, v, out, lse, dout, dq, dk, dv, delta, shape, strides, scale),
-                          shape, causal, stream);
-    case DType::f32:
-      return launch_typed(make_params<float>(q, k, v, out, lse, dout, dq, dk, dv, delta, shape, strides, scale),
-                          shape, causal, stream);
-  }
-  return cudaErrorInvalidValue;
+  return device::with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed(make_params<T>(q, k, v, out, lse, dout, dq, dk, dv, delta, shape, strides, scale), shape,
+                        causal, stream);
+  });
 }
 
 }  // namespace mini_llm

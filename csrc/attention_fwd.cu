@@ -229,16 +229,10 @@ cudaError_t attention_forward(const void* q, const void* k, const void* v, void*
                               bool causal, DType dtype, cudaStream_t stream) {
   if (shape.batch * shape.heads * shape.t_q == 0) return cudaSuccess;  // nothing to compute
   if (shape.t_k < 1 || (causal && shape.t_q > shape.t_k)) return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::bf16:
-      return launch_typed<__nv_bfloat16>(q, k, v, out, lse, shape, q_strides, k_strides, v_strides, scale, causal,
-                                         stream);
-    case DType::f16:
-      return launch_typed<__half>(q, k, v, out, lse, shape, q_strides, k_strides, v_strides, scale, causal, stream);
-    case DType::f32:
-      return launch_typed<float>(q, k, v, out, lse, shape, q_strides, k_strides, v_strides, scale, causal, stream);
-  }
-  return cudaErrorInvalidValue;
+  return device::with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return launch_typed<T>(q, k, v, out, lse, shape, q_strides, k_strides, v_strides, scale, causal, stream);
+  });
 }
 
 }  // namespace mini_llm

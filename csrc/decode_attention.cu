@@ -253,25 +253,14 @@ bool supported(const DecodeAttentionShape& s) {
   return static_cast<int64_t>(s.batch) * s.kv_heads <= INT_MAX && row_chunks <= kMaxGridYZ;
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
 // Calls f(TypeTag<T>{}, std::integral_constant<int, HS>{}) for the runtime dtype and head size.
 template <typename F>
 cudaError_t dispatch(DType dtype, int head_dim, F&& f) {
-  const auto with_type = [&](auto tag) {
+  return with_dtype(dtype, [&](auto tag) {
     if (head_dim == 64) return f(tag, std::integral_constant<int, 64>{});
     if (head_dim == 128) return f(tag, std::integral_constant<int, 128>{});
     return cudaErrorInvalidValue;
-  };
-  switch (dtype) {
-    case DType::f32: return with_type(TypeTag<float>{});
-    case DType::f16: return with_type(TypeTag<__half>{});
-    case DType::bf16: return with_type(TypeTag<__nv_bfloat16>{});
-  }
-  return cudaErrorInvalidValue;
+  });
 }
 
 template <typename T, int HS>

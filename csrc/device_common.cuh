@@ -1,5 +1,6 @@
 // Device building blocks shared by the kernels of every op (attention_*.cu, decode_attention.cu,
-// layer_norm.cu, quant_matmul_*.cu), none specific to one op: dtype conversions, warp reductions,
+// layer_norm.cu, quant_matmul_*.cu), none specific to one op: the launchers' DType dispatch
+// (with_dtype), dtype conversions, warp reductions,
 // exp2 on the special-function unit, 128-bit loads, cp.async copies, ldmatrix fragment loads and
 // the mma.sync tensor-core instructions (sm_80+). Header only (everything here is a template or
 // inline), included by each .cu, which the JIT loader and CMake compile on their own.
@@ -23,8 +24,11 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
+
+#include "common.h"  // DType
 
 namespace mini_llm::device {
 
@@ -36,6 +40,23 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // Host and device: blocks / tiles needed to cover a elements in pieces of b.
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The launchers' one switch from a runtime DType to a compile-time element type: calls
+// f(TypeTag<T>{}) (T = typename decltype(tag)::type in a generic lambda) and returns its result.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <typename F>
+cudaError_t with_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(TypeTag<float>{});
+    case DType::f16: return f(TypeTag<__half>{});
+    case DType::bf16: return f(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Conversions between the element types and float32 (round to nearest even).

@@ -358,17 +358,6 @@ cudaError_t backward(const BackwardArgs<T>& a, int slots, float* dweight, float*
   return cudaGetLastError();
 }
 
-// Calls f(T{}) with T the element type of dtype.
-template <typename F>
-cudaError_t dispatch(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::f32: return f(float{});
-    case DType::f16: return f(__half{});
-    case DType::bf16: return f(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 cudaError_t norm_forward(const void* x, const void* delta, void* s, const float* weight, const float* bias,
@@ -377,8 +366,8 @@ cudaError_t norm_forward(const void* x, const void* delta, void* s, const float*
   if (bad_size(rows, cols) || (delta != nullptr && s == nullptr) || (!rms && mean == nullptr))
     return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     return forward(ForwardArgs<T>{static_cast<const T*>(x), static_cast<const T*>(delta), static_cast<T*>(s), weight,
                                   bias, static_cast<T*>(y), rms ? nullptr : mean, rstd, rows, cols, eps, rms},
                    stream);
@@ -387,7 +376,9 @@ cudaError_t norm_forward(const void* x, const void* delta, void* s, const float*
 
 cudaError_t norm_backward_partial_rows(int64_t rows, int cols, DType dtype, int* partial_rows) {
   if (bad_size(rows, cols)) return cudaErrorInvalidValue;
-  return dispatch(dtype, [&](auto tag) { return backward_slots<decltype(tag)>(rows, cols, partial_rows); });
+  return with_dtype(dtype, [&](auto tag) {
+    return backward_slots<typename decltype(tag)::type>(rows, cols, partial_rows);
+  });
 }
 
 cudaError_t norm_backward(const void* dy, const void* ds, const void* x_in, const float* weight,
@@ -395,8 +386,8 @@ cudaError_t norm_backward(const void* dy, const void* ds, const void* x_in, cons
                           float* dweight, float* dbias, int64_t rows, int cols, bool rms, DType dtype,
                           cudaStream_t stream) {
   if (bad_size(rows, cols) || (!rms && mean == nullptr)) return cudaErrorInvalidValue;
-  return dispatch(dtype, [&](auto tag) {
-    using T = decltype(tag);
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
     // The kernel reads "no mean" as RMSNorm.
     return backward(BackwardArgs<T>{static_cast<const T*>(dy), static_cast<const T*>(ds), static_cast<const T*>(x_in),
                                     weight, rms ? nullptr : mean, rstd, static_cast<T*>(dx), partials, rows, cols,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "device_common.cuh"
 #include "quant_matmul.h"
 
 namespace mini_llm::quant_detail {
@@ -41,24 +42,13 @@ cudaError_t allow_smem(Kernel kernel, int64_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
 }
 
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
 // Calls f(TypeTag<T>{}, std::integral_constant<int, BITS>{}) for the runtime dtype and bits
 // (8, else 4: the launchers have checked them).
 template <typename F>
 cudaError_t dispatch(DType dtype, int bits, F&& f) {
-  const auto with_type = [&](auto tag) {
+  return device::with_dtype(dtype, [&](auto tag) {
     return bits == 8 ? f(tag, std::integral_constant<int, 8>{}) : f(tag, std::integral_constant<int, 4>{});
-  };
-  switch (dtype) {
-    case DType::f32: return with_type(TypeTag<float>{});
-    case DType::f16: return with_type(TypeTag<__half>{});
-    case DType::bf16: return with_type(TypeTag<__nv_bfloat16>{});
-  }
-  return cudaErrorInvalidValue;
+  });
 }
 
 }  // namespace mini_llm::quant_detail
