@@ -28,7 +28,8 @@ from .errors import MiniLLMError
 from .model import CHOICES, GPTConfig
 from .presets import PRESETS, default_preset, get_preset
 from .scratch.train import ScratchTrainConfig
-from .train import TrainConfig, resolve_device, seeded, train
+from .loop import seeded
+from .train import TrainConfig, resolve_device, train
 
 HELP = {
     "out": "run folder (default: out/<preset>)",
@@ -41,6 +42,8 @@ HELP = {
     "tokenizer": "a BPE tokenizer folder (from `mini-llm tokenizer train`) or gpt2 (GPT-2's own); "
                  "default: characters",
     "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
+    "mlp_hidden": "the MLP's inner width (default: 4 x n_embd for gelu; for swiglu 8/3 x n_embd "
+                  "rounded up to a multiple of 64)",
     "activation_checkpointing": "blocks keep only their input and recompute the rest in the "
                                 "backward: less memory, one more forward",
 }
