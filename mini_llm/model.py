@@ -41,6 +41,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output projection reuses the token embedding matrix
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    mlp_hidden: int | None = None  # the MLP's inner width; None: see hidden_width()
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -52,6 +53,8 @@ class GPTConfig:
             )
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"rope needs an even head size, got {self.n_embd // self.n_head}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
+            raise ConfigError(f"mlp_hidden must be a positive integer, got {self.mlp_hidden!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in CHOICES.items():
@@ -67,6 +70,14 @@ class GPTConfig:
         return cls(**d)
 
     to_dict = asdict
+
+    def hidden_width(self):
+        """The MLP's inner width: mlp_hidden if set, else 4C for GELU, and for SwiGLU two thirds
+        of that rounded up to a multiple of 64 (its three matrices then hold about as many
+        parameters as GELU's two)."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return 4 * self.n_embd if self.mlp == "gelu" else 64 * math.ceil(8 * self.n_embd / 3 / 64)
 
 
 class Norm(nn.Module):
@@ -156,14 +167,10 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        C, self.kind = config.n_embd, config.mlp
-        if self.kind == "gelu":
-            self.c_fc = nn.Linear(C, 4 * C, bias=config.bias)
-            self.c_proj = nn.Linear(4 * C, C, bias=config.bias)
-        else:  # SwiGLU: two thirds of 4C keeps the parameter count of the GELU MLP
-            hidden = 64 * math.ceil(8 * C / 3 / 64)
-            self.c_fc = nn.Linear(C, 2 * hidden, bias=config.bias)  # gate and up, fused
-            self.c_proj = nn.Linear(hidden, C, bias=config.bias)
+        C, H, self.kind = config.n_embd, config.hidden_width(), config.mlp
+        fc_out = H if self.kind == "gelu" else 2 * H  # SwiGLU: gate and up, fused
+        self.c_fc = nn.Linear(C, fc_out, bias=config.bias)
+        self.c_proj = nn.Linear(H, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):

@@ -25,6 +25,7 @@ def tiny(family, **kw):
     (dict(dropout=1.5), "dropout must be in"),
     (dict(norm="batchnorm"), "norm must be one of"),
     (dict(pos="rope", n_embd=30, n_head=2), "rope needs an even head size"),
+    (dict(mlp_hidden=0), "mlp_hidden must be a positive integer"),
 ])
 def test_bad_configs_are_clear_errors(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -35,6 +36,24 @@ def test_shakespeare_char_is_nanogpts_baby_gpt():
     model = GPT(GPTConfig(vocab_size=65, **PRESETS["shakespeare-char"]["model"]))
     assert round(model.num_params() / 1e6, 2) == 10.65  # nanoGPT prints "10.65M"
     assert 10.6e6 < model.num_params(non_embedding=False) < 10.8e6
+
+
+@FAMILIES
+def test_mlp_hidden_sets_the_mlps_width(family):
+    C, H, V, L = 16, 40, 23, 2
+    default, wide = tiny(family), tiny(family, mlp_hidden=H)
+    assert default.config.hidden_width() == (4 * C if family["mlp"] == "gelu" else 64)  # 64 * ceil(8*16/3/64)
+    matrices = 2 if family["mlp"] == "gelu" else 3  # SwiGLU: gate, up and down
+    biases = (H + C) if family["bias"] else 0
+    mlp_params = sum(p.numel() for p in wide.h[0].mlp.parameters())
+    assert mlp_params == matrices * C * H + biases
+    assert wide.num_params() - default.num_params() == L * (mlp_params - sum(
+        p.numel() for p in default.h[0].mlp.parameters()))
+    x, y = torch.randint(0, V, (2, 12)), torch.randint(0, V, (2, 12))
+    _, loss = wide(x, y)
+    loss.backward()  # a training step runs through the new width
+    assert wide.h[0].mlp.c_proj.weight.grad.shape == (C, H)
+    assert torch.isfinite(loss)
 
 
 @FAMILIES
