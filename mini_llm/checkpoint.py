@@ -50,7 +50,7 @@ def save_checkpoint(path, model, optimizer, meta):
                     scalars.setdefault(str(index), {})[name] = value
     metadata = {"format": FORMAT, "meta": json.dumps(meta)}
     if optimizer is not None:
-        metadata["optim_groups"] = json.dumps(opt["param_groups"])
+        metadata["optim_groups"] = json.dumps(_tag_tuples(opt["param_groups"]))
         metadata["optim_scalars"] = json.dumps(scalars)
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
@@ -88,12 +88,29 @@ def _parse(metadata, tensors):
             if key.startswith("optim."):
                 _, index, name = key.split(".", 2)
                 state.setdefault(int(index), {})[name] = value
-        optimizer_state = {"state": state, "param_groups": json.loads(metadata["optim_groups"])}
+        groups = json.loads(metadata["optim_groups"], object_hook=_untag_tuple)
+        optimizer_state = {"state": state, "param_groups": groups}
     meta = json.loads(metadata["meta"])
     missing = [k for k in ("iter", "model_config", "tokenizer", "train_config") if k not in meta]
     if missing:  # fail here, not deep inside a later step
         raise KeyError(f"meta lacks {missing}")
     return Checkpoint(model_state, optimizer_state, meta)
+
+
+def _tag_tuples(value):
+    """JSON has lists only: mark tuples (AdamW's betas) so that loading gives them back as
+    tuples and param_groups round-trip exactly."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [_tag_tuples(v) for v in value]}
+    if isinstance(value, list):
+        return [_tag_tuples(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tag_tuples(v) for k, v in value.items()}
+    return value
+
+
+def _untag_tuple(d):
+    return tuple(d["__tuple__"]) if d.keys() == {"__tuple__"} else d
 
 
 def load_model(path, device="cpu"):

@@ -67,3 +67,30 @@ def test_clip_grad_norm_matches_torch(max_norm):
         torch.testing.assert_close(p.grad, q.grad)
     total = math.sqrt(sum((p.grad ** 2).sum().item() for p in ours))
     assert total == pytest.approx(min(max_norm, expected.item()), rel=1e-5)
+
+
+def test_adamw_param_groups_round_trip_through_a_checkpoint(tmp_path):
+    """Every tensor of the state and every setting of param_groups, types included (betas is a
+    tuple, which JSON alone would give back as a list)."""
+    from mini_llm.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = AdamW([{"params": [model.weight], "weight_decay": 0.1},
+                 {"params": [model.bias], "weight_decay": 0.0}], lr=3e-3, betas=(0.9, 0.95))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, opt, {"iter": 1, "model_config": {},
+                                                               "tokenizer": {}, "train_config": {}})
+    restored = load_checkpoint(tmp_path / "c.safetensors").optimizer_state
+    expected = opt.state_dict()
+    assert restored["param_groups"] == expected["param_groups"]
+    assert [type(g["betas"]) for g in restored["param_groups"]] == [tuple, tuple]
+    assert restored["state"].keys() == expected["state"].keys()
+    for index, state in expected["state"].items():
+        assert state.keys() == restored["state"][index].keys()
+        for name, value in state.items():
+            assert torch.equal(value, restored["state"][index][name]), (index, name)
+    clone = AdamW([{"params": [model.weight]}, {"params": [model.bias]}])
+    clone.load_state_dict(restored)
+    assert clone.state_dict()["param_groups"] == expected["param_groups"]
