@@ -40,7 +40,7 @@ HELP = {
     "sample_tokens": "tokens to sample at the end (0: none)",
     "tokenizer": "a BPE tokenizer folder (from `mini-llm tokenizer train`) or gpt2 (GPT-2's own); "
                  "default: characters",
-    "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
+    "nvtx": "emit NVTX ranges for Nsight (see docs/stage-4-profiling-memory.md)",
     "activation_checkpointing": "blocks keep only their input and recompute the rest in the "
                                 "backward: less memory, one more forward",
 }
