@@ -1,5 +1,6 @@
-"""Every relative link in README.md and docs/*.md points at a file that exists, and every
-#anchor at a heading of the page it names (GitHub's rule for heading ids). No network."""
+"""Every relative link in README.md, docs/*.md and the folders' README.md files points at a file
+that exists, and every #anchor at a heading of the page it names (GitHub's rule for heading
+ids). No network."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FOLDER_READMES = sorted(p for p in ROOT.glob("*/README.md") if not p.parent.name.startswith("."))
+PAGES = DOCS + FOLDER_READMES
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target); targets here hold no spaces
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 
@@ -41,5 +44,5 @@ def test_relative_links_resolve(page):
 
 
 def test_the_pages_are_found_and_the_readme_is_short():
-    assert len(PAGES) > 1 and all(links(p) for p in PAGES)
+    assert len(DOCS) > 1 and all(links(p) for p in DOCS)
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
