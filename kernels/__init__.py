@@ -1,4 +1,4 @@
-"""Triton kernels, one file per op, installed as mini_llm.kernels (docs/kernels.md).
+"""Triton kernels, one file per op, installed as mini_llm.kernels (docs/stage-4-kernels.md).
 
 Each file holds the kernel(s), a launcher that checks its inputs, the torch.library
 registration (so autograd and torch.compile see an op) and a small GPU benchmark under

@@ -41,7 +41,7 @@ HELP = {
     "sample_tokens": "tokens to sample at the end (0: none)",
     "tokenizer": "a BPE tokenizer folder (from `mini-llm tokenizer train`) or gpt2 (GPT-2's own); "
                  "default: characters",
-    "nvtx": "emit NVTX ranges for Nsight (see docs/profiling.md)",
+    "nvtx": "emit NVTX ranges for Nsight (see docs/stage-4-profiling-memory.md)",
     "mlp_hidden": "the MLP's inner width (default: 4 x n_embd for gelu; for swiglu 8/3 x n_embd "
                   "rounded up to a multiple of 64)",
     "activation_checkpointing": "blocks keep only their input and recompute the rest in the "

@@ -4,7 +4,7 @@
 published val loss 1.4697). `shakespeare-char-cpu` is the model, batch and length of nanoGPT's
 CPU command (published: about 1.88) with a higher learning rate: with nanoGPT's 1e-3 this
 model ended at val 1.906 (mean of 3 seeds, 2-core CPU); 3e-3 learns more in the same 2000
-steps (see README, "Measured results").
+steps (see docs/stage-3-training.md, "What it produced").
 """
 
 from .errors import ConfigError

@@ -5,7 +5,7 @@ Writes into --out:
   top_ops.txt              the ops that took the most time, as PyTorch's profiler tables them
   memory_snapshot.pickle   CUDA only: every allocation with its stack (drag into
                            pytorch.org/memory_viz)
-For Nsight Systems / Compute instead, see docs/profiling.md.
+For Nsight Systems / Compute instead, see docs/stage-4-profiling-memory.md.
 """
 
 import contextlib

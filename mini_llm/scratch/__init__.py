@@ -1,6 +1,6 @@
 """Stage F: neural networks from scratch, on NumPy arrays, with complete backprop.
 
-Read in this order (docs/scratch.md walks through the chain rule beside the code):
+Read in this order (docs/stage-f-scratch.md walks through the chain rule beside the code):
 
     graph.py       the order in which backprop visits a computation graph (both engines)
     scalar.py      autograd on single numbers: Value, +, *, **, exp, log, tanh, relu

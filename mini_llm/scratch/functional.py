@@ -4,7 +4,7 @@ the embedding lookup.
 Some are compositions of tensor.py's operations, so their backward comes for free (dropout).
 The others have a backward written by hand, derived once on paper: it is faster than the
 chain of small steps autograd would record, and it is numerically safer (softmax never
-forms exp(x) of a large x). docs/scratch.md derives each one; tests/test_scratch_tensor.py
+forms exp(x) of a large x). docs/stage-f-scratch.md derives each one; tests/test_scratch_tensor.py
 checks each against finite differences and torch.autograd.
 
 Shapes: N rows (any leading dimensions), C channels / classes along the last axis, V vocabulary.
