@@ -213,6 +213,28 @@ def cmd_plot(args):
     print(f"wrote {args.output}")
 
 
+def cmd_scaling_fit(args):
+    from .scaling.fit import fit_table
+
+    summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
+                        args.level, args.budget_tolerance, args.force)
+    for name in ("approach3", "approach2"):
+        fit = summary[name]
+        if "error" in fit:
+            print(f"{name}: not fitted: {fit['error']}")
+            continue
+        shown = ("E", "A", "B", "alpha", "beta", "a") if name == "approach3" else ("a", "b")
+        intervals = fit["intervals"] or {}
+        print(f"{name}: " + ", ".join(
+            f"{k} {fit[k]:.4g}" + (" [{:.4g}, {:.4g}]".format(*intervals[k]) if k in intervals else "")
+            for k in shown))
+        for note in fit.get("notes", []):
+            print(f"  note: {note}")
+    print(f"{summary['n_runs']} runs, N = {summary['params_column']}; "
+          f"{summary['bootstrap']['level']:.0%} intervals from {args.bootstrap} bootstrap resamples; "
+          f"wrote {args.out}/fit.json and plots")
+
+
 def add_quant_flags(p, required):
     p.add_argument("--quant", choices=tuple(QUANT_BITS), required=required,
                    help="weight-only quantization of the blocks' linear layers (mini_llm/quant.py); "
@@ -308,6 +330,24 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
     p.add_argument("-o", "--output", default="loss.png")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("scaling", help="stage 4: scaling laws (Hoffmann et al. approaches 2 and 3)")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    p = scaling.add_parser("fit", help="fit a run table (CSV: params, tokens, flops, loss, ...): "
+                           "isoFLOP parabolas and L(N, D) = E + A/N^alpha + B/D^beta, with "
+                           "bootstrap intervals; writes fit.json and plots")
+    p.add_argument("runs", help="the run table, e.g. runs.csv from `mini-llm scaling sweep`")
+    p.add_argument("--out", required=True, help="folder for fit.json, isoflop.png, n_opt.png, "
+                   "contours.png")
+    p.add_argument("--params-column", default="params", choices=("params", "params_with_embeddings"),
+                   help="which count is N (default: params, without embeddings)")
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals (0: none)")
+    p.add_argument("--level", type=float, default=0.95, help="the intervals' coverage")
+    p.add_argument("--seed", type=int, default=0, help="seeds the bootstrap resamples")
+    p.add_argument("--budget-tolerance", type=float, default=0.05,
+                   help="runs whose flops differ by less than this fraction share a budget")
+    p.add_argument("--force", action="store_true", help="overwrite an existing fit.json")
+    p.set_defaults(func=cmd_scaling_fit)
     return parser
 
 
