@@ -230,6 +230,10 @@ def cmd_scaling_fit(args):
             for k in shown))
         for note in fit.get("notes", []):
             print(f"  note: {note}")
+    for column, fits in summary["exponents_by_params_column"].items():
+        print(f"N = {column:<22} " + fits.get("error", "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            for name, values in fits.items() if values)))
     print(f"{summary['n_runs']} runs, N = {summary['params_column']}; "
           f"{summary['bootstrap']['level']:.0%} intervals from {args.bootstrap} bootstrap resamples; "
           f"wrote {args.out}/fit.json and plots")

@@ -197,7 +197,8 @@ def _time_lines(k, ceilings, measured_ms):
     for name, shape, (flops, n_bytes) in rows:
         seconds, bound = roofline_seconds(flops, n_bytes, ceilings)
         lines.append(f"  {name:<14}{shape:<22}{_si(flops, 'FLOP'):>11} {_si(n_bytes, 'B'):>9}  "
-                     f"{flops / n_bytes:>7.1f} FLOP/B  predicted {seconds * 1e3:9.3f} ms ({bound}-bound)")
+                     f"{flops / n_bytes:>7.1f} FLOP/B  predicted {seconds * 1e3:9.3f} ms "
+                     f"({bound}-bound)")
     if measured_ms is not None:
         predicted = roofline_seconds(*k.training_step(), ceilings)[0] * 1e3
         lines.append(f"  training step measured {measured_ms:.3f} ms: predicted / measured "

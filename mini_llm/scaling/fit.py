@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data import atomic_write_bytes
-from ..errors import ConfigError, FitError
+from ..errors import ConfigError, DataError, FitError
 from .isoflop import fit_isoflop
-from .parametric import fit_parametric
+from .parametric import HUBER_DELTA, fit_parametric
 from .plots import contours_png, isoflop_png, n_opt_png
-from .table import read_runs
+from .table import PARAMS_COLUMNS, read_runs
 
 BOOTSTRAP_STARTS = 4  # a resample starts from the full fit and this many grid points
 
@@ -61,21 +61,35 @@ def bootstrap(runs, law, n_boot, seed, level, rel_tol):
     return intervals3, intervals2, failed3, failed2
 
 
-def fit_runs(runs, n_boot=200, seed=0, level=0.95, rel_tol=0.05):
-    """Both fits and their intervals as a JSON-ready dict, with the fit objects for the plots:
-    (summary, IsoFLOPFit or None, ScalingLaw or None). Raises FitError if neither fit works."""
-    errors, law, iso = {}, None, None
+def _fits(runs, rel_tol):
+    """(ParametricFit or None, IsoFLOPFit or None, {approach: why it failed})."""
+    parametric = iso = None
+    errors = {}
     try:
-        p = fit_parametric(runs.N, runs.D, runs.L)
-        law = p.law
+        parametric = fit_parametric(runs.N, runs.D, runs.L)
     except FitError as e:
         errors["approach3"] = str(e)
     try:
         iso = fit_isoflop(runs.N, runs.D, runs.C, runs.L, rel_tol)
     except FitError as e:
         errors["approach2"] = str(e)
-    if law is None and iso is None:
+    return parametric, iso, errors
+
+
+def exponents(parametric, iso):
+    """The exponents only: what changes when N is counted another way."""
+    law = parametric and parametric.law
+    return {"approach3": law and {"alpha": law.alpha, "beta": law.beta, "a": law.n_opt_exponent()},
+            "approach2": iso and {"a": iso.a, "b": iso.b}}
+
+
+def fit_runs(runs, n_boot=200, seed=0, level=0.95, rel_tol=0.05):
+    """Both fits and their intervals as a JSON-ready dict, with the fit objects for the plots:
+    (summary, IsoFLOPFit or None, ScalingLaw or None). Raises FitError if neither fit works."""
+    parametric, iso, errors = _fits(runs, rel_tol)
+    if parametric is None and iso is None:
         raise FitError(f"{errors['approach3']}; {errors['approach2']}")
+    law = parametric and parametric.law
     intervals3, intervals2, failed3, failed2 = bootstrap(runs, law, n_boot, seed, level, rel_tol)
     summary = {
         "n_runs": len(runs), "params_column": runs.params_column,
@@ -83,8 +97,8 @@ def fit_runs(runs, n_boot=200, seed=0, level=0.95, rel_tol=0.05):
         "approach3": {"error": errors["approach3"]} if law is None else {
             **asdict(law),
             "a": law.n_opt_exponent(), "b": 1 - law.n_opt_exponent(),  # N_opt, D_opt ~ C^a, C^b
-            "huber_delta": 1e-3, "objective": p.objective, "starts": p.starts,
-            "converged_starts": p.converged_starts,
+            "huber_delta": HUBER_DELTA, "objective": parametric.objective,
+            "starts": parametric.starts, "converged_starts": parametric.converged_starts,
             "intervals": intervals3, "bootstrap_failed": failed3},
         "approach2": {"error": errors["approach2"]} if iso is None else {
             "a": iso.a, "k_N": iso.k_N, "b": iso.b, "k_D": iso.k_D, "rel_tol": rel_tol,
@@ -92,6 +106,8 @@ def fit_runs(runs, n_boot=200, seed=0, level=0.95, rel_tol=0.05):
                          "D_opt": bud.D_opt, "loss_at_N_opt": bud.L_opt, "skipped": bud.skipped}
                         for bud in iso.budgets],
             "notes": iso.notes, "intervals": intervals2, "bootstrap_failed": failed2},
+        # nanochat's point: the exponents move with how N is counted. Every count the table has.
+        "exponents_by_params_column": {runs.params_column: exponents(parametric, iso)},
     }
     return summary, iso, law
 
@@ -113,6 +129,13 @@ def fit_table(path, out, params_column="params", n_boot=200, seed=0, level=0.95,
     runs = read_runs(path, params_column)
     summary, iso, law = fit_runs(runs, n_boot, seed, level, rel_tol)
     summary = {"runs": str(path), **summary}
+    for column in PARAMS_COLUMNS:  # the other count of N too, where the table has it
+        if column != params_column and column in runs.columns:
+            try:
+                other = exponents(*_fits(read_runs(path, column), rel_tol)[:2])
+            except DataError as e:  # e.g. a blank cell: the main fit stands without it
+                other = {"error": str(e)}
+            summary["exponents_by_params_column"][column] = other
     files = {}
     if iso is not None:
         files["isoflop.png"] = isoflop_png(runs, iso)

@@ -20,7 +20,8 @@ PARAMS_COLUMNS = ("params", "params_with_embeddings")
 
 @dataclass
 class Runs:
-    """Columns as float64 arrays, one entry per run; `lines` are the CSV lines they came from."""
+    """Columns as float64 arrays, one entry per run; `lines` are the CSV lines they came from,
+    `columns` the table's header."""
 
     N: np.ndarray
     D: np.ndarray
@@ -28,6 +29,7 @@ class Runs:
     L: np.ndarray
     lines: np.ndarray
     params_column: str
+    columns: tuple = ()
 
     def __len__(self):
         return len(self.L)
@@ -35,7 +37,7 @@ class Runs:
     def take(self, index):
         """The runs at `index` (an array of positions, repeats allowed: a bootstrap resample)."""
         return Runs(self.N[index], self.D[index], self.C[index], self.L[index], self.lines[index],
-                    self.params_column)
+                    self.params_column, self.columns)
 
 
 def read_runs(path, params_column="params"):
@@ -71,7 +73,7 @@ def read_runs(path, params_column="params"):
     if not values:
         raise DataError(f"{path} has a header but no runs")
     N, D, C, L = np.array(values, dtype=np.float64).T
-    return Runs(N, D, C, L, np.array(lines), params_column)
+    return Runs(N, D, C, L, np.array(lines), params_column, tuple(header))
 
 
 def _positive(path, line, name, text):
