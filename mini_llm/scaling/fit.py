@@ -33,10 +33,11 @@ def _interval(samples, level):
             for name, v in samples.items()}
 
 
-def bootstrap(runs, law, n_boot, seed, level, rel_tol):
-    """Refit both approaches on n_boot resamples of the runs. Returns (approach-3 intervals,
-    approach-2 intervals, failures of each): a resample that cannot be fitted (too few sizes left
-    in a budget, no convergence) is counted, not used."""
+def bootstrap(runs, law, isoflop, n_boot, seed, level, rel_tol):
+    """Refit approach 3 (if law, the full data's fit, is not None) and approach 2 (if isoflop) on
+    n_boot resamples of the runs. Returns (approach-3 intervals, approach-2 intervals, failures
+    of each): a resample that cannot be fitted (too few sizes left in a budget, no convergence)
+    is counted, not used."""
     rng = np.random.default_rng(seed)
     draws3 = {k: [] for k in ("E", "A", "B", "alpha", "beta", "a")}
     draws2 = {"a": [], "b": []}
@@ -50,12 +51,13 @@ def bootstrap(runs, law, n_boot, seed, level, rel_tol):
                     draws3[k].append(v)
             except FitError:
                 failed3 += 1
-        try:
-            iso = fit_isoflop(r.N, r.D, r.C, r.L, rel_tol)
-            draws2["a"].append(iso.a)
-            draws2["b"].append(iso.b)
-        except FitError:
-            failed2 += 1
+        if isoflop:
+            try:
+                iso = fit_isoflop(r.N, r.D, r.C, r.L, rel_tol)
+                draws2["a"].append(iso.a)
+                draws2["b"].append(iso.b)
+            except FitError:
+                failed2 += 1
     intervals3 = _interval(draws3, level) if draws3["E"] else None
     intervals2 = _interval(draws2, level) if draws2["a"] else None
     return intervals3, intervals2, failed3, failed2
@@ -90,7 +92,8 @@ def fit_runs(runs, n_boot=200, seed=0, level=0.95, rel_tol=0.05):
     if parametric is None and iso is None:
         raise FitError(f"{errors['approach3']}; {errors['approach2']}")
     law = parametric and parametric.law
-    intervals3, intervals2, failed3, failed2 = bootstrap(runs, law, n_boot, seed, level, rel_tol)
+    intervals3, intervals2, failed3, failed2 = bootstrap(runs, law, iso is not None, n_boot, seed,
+                                                          level, rel_tol)
     summary = {
         "n_runs": len(runs), "params_column": runs.params_column,
         "bootstrap": {"resamples": n_boot, "seed": seed, "level": level},
