@@ -10,6 +10,8 @@
     mini-llm plot RUN [RUN ...] [-o PNG]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
+    mini-llm costs [--preset NAME] [model settings...] [--measure]
+    mini-llm scaling fit RUNS.csv --out DIR [--params-column params|params_with_embeddings]
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -214,29 +216,12 @@ def cmd_plot(args):
 
 
 def cmd_scaling_fit(args):
-    from .scaling.fit import fit_table
+    from .scaling.fit import fit_table, format_summary
 
     summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
                         args.level, args.budget_tolerance, args.force)
-    for name in ("approach3", "approach2"):
-        fit = summary[name]
-        if "error" in fit:
-            print(f"{name}: not fitted: {fit['error']}")
-            continue
-        shown = ("E", "A", "B", "alpha", "beta", "a") if name == "approach3" else ("a", "b")
-        intervals = fit["intervals"] or {}
-        print(f"{name}: " + ", ".join(
-            f"{k} {fit[k]:.4g}" + (" [{:.4g}, {:.4g}]".format(*intervals[k]) if k in intervals else "")
-            for k in shown))
-        for note in fit.get("notes", []):
-            print(f"  note: {note}")
-    for column, fits in summary["exponents_by_params_column"].items():
-        print(f"N = {column:<22} " + fits.get("error", "; ".join(
-            f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-            for name, values in fits.items() if values)))
-    print(f"{summary['n_runs']} runs, N = {summary['params_column']}; "
-          f"{summary['bootstrap']['level']:.0%} intervals from {args.bootstrap} bootstrap resamples; "
-          f"wrote {args.out}/fit.json and plots")
+    print(format_summary(summary))
+    print(f"wrote {args.out}/fit.json and plots")
 
 
 def cmd_costs(args):

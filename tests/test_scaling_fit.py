@@ -112,7 +112,8 @@ def test_fit_writes_fit_json_and_plots_and_keeps_them_without_force(tmp_path, ca
     assert len(fit["approach2"]["intervals"]["a"]) == 2
     written = {name: (out / name).read_bytes() for name in ("isoflop.png", "n_opt.png", "contours.png")}
     assert all(data.startswith(b"\x89PNG") for data in written.values())
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert f"alpha {a3['alpha']:.4g} [" in printed and "N = params_with_embeddings" in printed
 
     assert main(["scaling", "fit", str(table), "--out", str(out), "--bootstrap", "0"]) == 2
     assert "fit.json exists; pass --force" in capsys.readouterr().err

@@ -128,6 +128,8 @@ def fit_table(path, out, params_column="params", n_boot=200, seed=0, level=0.95,
         raise ConfigError(f"--level must be between 0 and 1, got {level}")
     if n_boot < 0:
         raise ConfigError(f"--bootstrap must be >= 0, got {n_boot}")
+    if rel_tol < 0:
+        raise ConfigError(f"--budget-tolerance must be >= 0, got {rel_tol}")
     check_out(out, force)
     runs = read_runs(path, params_column)
     summary, iso, law = fit_runs(runs, n_boot, seed, level, rel_tol)
@@ -152,3 +154,29 @@ def fit_table(path, out, params_column="params", n_boot=200, seed=0, level=0.95,
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
     return summary
+
+
+def format_summary(summary):
+    """fit.json's main figures as text: the constants with their intervals, then the exponents
+    for each count of N."""
+    lines = []
+    for name, shown in (("approach3", ("E", "A", "B", "alpha", "beta", "a")),
+                        ("approach2", ("a", "b"))):
+        fit = summary[name]
+        if "error" in fit:
+            lines.append(f"{name}: not fitted: {fit['error']}")
+            continue
+        intervals = fit["intervals"] or {}
+        lines.append(f"{name}: " + ", ".join(
+            f"{k} {fit[k]:.4g}" + (" [{:.4g}, {:.4g}]".format(*intervals[k]) if k in intervals else "")
+            for k in shown))
+        lines += [f"  note: {note}" for note in fit.get("notes", [])]
+    for column, fits in summary["exponents_by_params_column"].items():
+        lines.append(f"N = {column:<22} " + fits.get("error", "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            for name, values in fits.items() if values)))
+    boot = summary["bootstrap"]
+    lines.append(f"{summary['n_runs']} runs; N = {summary['params_column']}; {boot['level']:.0%} "
+                 f"intervals from {boot['resamples']} bootstrap resamples (seed {boot['seed']}); "
+                 "a, b: N_opt ~ C^a, D_opt ~ C^b")
+    return "\n".join(lines)
