@@ -2,6 +2,7 @@
 model, FLOPs against a hand-worked example and PyTorch's FLOP counter, the KV cache against the
 real cache."""
 
+import json
 import math
 
 import pytest
@@ -24,7 +25,7 @@ def hand_count(c):
             "norms": 2 * L * C + C, "head": 0}
 
 
-@pytest.mark.parametrize("preset", ["tiny", "shakespeare-char-cpu"])
+@pytest.mark.parametrize("preset", ["tiny", "shakespeare-char-cpu", "shakespeare-char"])
 def test_parameters_by_part_match_a_hand_count_and_the_model(preset):
     config = GPTConfig(**PRESETS[preset]["model"])
     costs = model_costs(config, batch_size=2)
@@ -98,3 +99,15 @@ def test_costs_command_prints_predicted_and_measured_step(capsys):
     assert f"{total:>14,}" in out and "training step measured" in out and "predicted" in out
     assert main(["costs", "--preset", "tiny", "--copy-gb-s", "10"]) == 2
     assert "give both --copy-gb-s and --matmul-tflop-s" in capsys.readouterr().err
+
+
+def test_costs_command_reads_the_bench_suites_cached_ceilings(capsys):
+    from mini_llm.bench.ceilings import device_name
+    from mini_llm.data import cache_dir
+
+    key = f"{device_name(torch.device('cpu'))} | torch {torch.__version__}"
+    cached = {key: {"device": "a cached CPU", "copy_gb_s": 12.5, "matmul_tflop_s": 0.25}}
+    cache_dir().mkdir(parents=True)
+    (cache_dir() / "ceilings.json").write_text(json.dumps(cached))
+    assert main(["costs", "--preset", "tiny", "--device", "cpu"]) == 0
+    assert "on a cached CPU: copy 12.5 GB/s, matmul 0.25 TFLOP/s" in capsys.readouterr().out

@@ -163,11 +163,11 @@ def _flops_lines(k):
     return [
         "FLOPs per token (multiply-add = 2; attention over the full T x T square)",
         f"  training  6 N_mm + 12 L T C = 6 x {k.matmul_params:,} + 12 x {c.n_layer} x {T} x "
-        f"{c.n_embd} = {_si(k.training_flops())}  (attention {3 * attn / k.training_flops():.1%}; "
+        f"{c.n_embd} = {_si(k.training_flops(), 'FLOP')}  (attention {3 * attn / k.training_flops():.1%}; "
         f"a causal kernel skips half of it)",
-        f"  prefill   2 N_mm + 4 L T C = {_si(k.forward_flops(T))}, for each of T = {T} prompt tokens",
-        f"  decode    2 N_mm + 4 L t C = {_si(k.forward_flops(T))} at t = {T} "
-        f"({_si(k.forward_flops(1))} at t = 1)",
+        f"  prefill   2 N_mm + 4 L T C = {_si(k.forward_flops(T), 'FLOP')}, for each of T = {T} prompt tokens",
+        f"  decode    2 N_mm + 4 L t C = {_si(k.forward_flops(T), 'FLOP')} at t = {T} "
+        f"({_si(k.forward_flops(1), 'FLOP')} at t = 1)",
     ]
 
 
