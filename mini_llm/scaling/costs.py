@@ -12,8 +12,8 @@ a few per element, small beside the matmuls):
       not; biases are adds, not counted). 4 L T C: per layer, q.k against T keys and the
       weighted sum of T values, 2 T C each. Counted over the full T x T square, as PaLM
       (appendix B) and nanoGPT's MFU do; a causal kernel that skips the masked half does half
-      of it. Kaplan et al. (2020) write 2N + 2 L T C: their N leaves out the head, their
-      attention term counts the q.k scores only.
+      of it. Kaplan et al. (2020, table 1) write 2N + 2 L T C: their N leaves out the head, and
+      their attention term is one of the two T x C products per layer.
   training, per token   3 x forward = 6 N_mm + 12 L T C (the backward is two matmuls per forward
       one: gradients of the inputs and of the weights). Activation checkpointing adds a forward.
   prefill, per token    the forward over a T-token prompt (this model makes logits at every
