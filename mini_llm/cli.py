@@ -10,6 +10,8 @@
     mini-llm plot RUN [RUN ...] [-o PNG]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
+    mini-llm costs [--preset NAME] [model settings...] [--measure]
+    mini-llm scaling fit RUNS.csv --out DIR [--params-column params|params_with_embeddings]
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -216,6 +218,42 @@ def cmd_plot(args):
     print(f"wrote {args.output}")
 
 
+def cmd_scaling_fit(args):
+    from .scaling.fit import fit_table, format_summary
+
+    summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
+                        args.level, args.budget_tolerance, args.force)
+    print(format_summary(summary))
+    print(f"wrote {args.out}/fit.json and plots")
+
+
+def cmd_costs(args):
+    from .bench.ceilings import ceilings
+    from .bench.timing import median_ms
+    from .profile import synthetic_training_of
+    from .scaling.costs import format_costs, model_costs
+
+    preset = get_preset(args.preset or default_preset())
+    config = GPTConfig(**{**preset["model"], **given(args, GPTConfig)})
+    batch_size = preset["train"]["batch_size"] if args.batch_size is None else args.batch_size
+    device, dtype, _ = resolve_device(args.device, "auto")
+    costs = model_costs(config, batch_size, dtype, "cuda" if device.startswith("cuda") else "cpu")
+    given_limits = (args.copy_gb_s, args.matmul_tflop_s)
+    if any(x is not None for x in given_limits):
+        if not all(x is not None and x > 0 for x in given_limits):
+            raise MiniLLMError("give both --copy-gb-s and --matmul-tflop-s, positive, or neither "
+                               "(then the bench suite's measured ceilings of this device are used)")
+        limits = {"device": "the given device", "copy_gb_s": args.copy_gb_s,
+                  "matmul_tflop_s": args.matmul_tflop_s, "source": "given"}
+    else:
+        limits = {**ceilings(torch.device(device)), "source": "bench/ceilings.py, measured once and cached"}
+    measured = None
+    if args.measure:  # the median step: one slow window on a shared machine does not decide it
+        _, train_step, _ = synthetic_training_of(config, batch_size, torch.device(device))
+        measured = median_ms(train_step, torch.device(device))
+    print(format_costs(costs, limits, measured))
+
+
 def add_quant_flags(p, required):
     p.add_argument("--quant", choices=tuple(QUANT_BITS), required=required,
                    help="weight-only quantization of the blocks' linear layers (mini_llm/quant.py); "
@@ -311,6 +349,37 @@ def build_parser():
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
     p.add_argument("-o", "--output", default="loss.png")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("costs", help="a model's parameters by part, FLOPs per token, memory per "
+                       "parameter, KV cache, arithmetic intensity and predicted step time")
+    p.add_argument("--preset", help="default: shakespeare-char on a GPU, shakespeare-char-cpu otherwise")
+    add_dataclass_flags(p, GPTConfig)
+    p.add_argument("--batch-size", type=int, help="sequences per training step (default: the preset's)")
+    p.add_argument("--device", default="auto", help=HELP["device"])
+    p.add_argument("--copy-gb-s", type=float, help="the device's copy bandwidth (with "
+                   "--matmul-tflop-s; default: measured by the bench suite, cached)")
+    p.add_argument("--matmul-tflop-s", type=float, help="the device's matmul rate")
+    p.add_argument("--measure", action="store_true", help="also time real training steps of the "
+                   "model (random tokens; the median step) beside the predicted step time")
+    p.set_defaults(func=cmd_costs)
+
+    p = sub.add_parser("scaling", help="stage 4: scaling laws (Hoffmann et al. approaches 2 and 3)")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    p = scaling.add_parser("fit", help="fit a run table (CSV: params, tokens, flops, loss, ...): "
+                           "isoFLOP parabolas and L(N, D) = E + A/N^alpha + B/D^beta, with "
+                           "bootstrap intervals; writes fit.json and plots")
+    p.add_argument("runs", help="the run table, e.g. runs.csv from `mini-llm scaling sweep`")
+    p.add_argument("--out", required=True, help="folder for fit.json, isoflop.png, n_opt.png, "
+                   "contours.png")
+    p.add_argument("--params-column", default="params", choices=("params", "params_with_embeddings"),
+                   help="which count is N (default: params, without embeddings)")
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples for the intervals (0: none)")
+    p.add_argument("--level", type=float, default=0.95, help="the intervals' coverage")
+    p.add_argument("--seed", type=int, default=0, help="seeds the bootstrap resamples")
+    p.add_argument("--budget-tolerance", type=float, default=0.05,
+                   help="runs whose flops differ by less than this fraction share a budget")
+    p.add_argument("--force", action="store_true", help="overwrite an existing fit.json")
+    p.set_defaults(func=cmd_scaling_fit)
     return parser
 
 

@@ -25,3 +25,7 @@ class KernelSelectionError(MiniLLMError):
 class KernelInputError(MiniLLMError, ValueError):
     """A kernel was given inputs it cannot run on (device, dtype, rank, shape, contiguity):
     raised by its launcher before anything is launched."""
+
+
+class FitError(MiniLLMError):
+    """A fit the data cannot support: too few points, or an optimizer that did not converge."""

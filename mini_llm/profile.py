@@ -24,9 +24,13 @@ def synthetic_training(preset_name, device, vocab_size=65, seed=0):
     without the data pipeline. Returns (model, train_step, tokens per step)."""
     preset = get_preset(preset_name)
     config = GPTConfig(vocab_size=vocab_size, **preset["model"])
-    batch = preset["train"]["batch_size"]
+    return synthetic_training_of(config, preset["train"]["batch_size"], device, seed)
+
+
+def synthetic_training_of(config, batch, device, seed=0):
+    """synthetic_training for any model config and batch size."""
     g = torch.Generator().manual_seed(seed)
-    x, y = (torch.randint(0, vocab_size, (batch, config.block_size), generator=g).to(device)
+    x, y = (torch.randint(0, config.vocab_size, (batch, config.block_size), generator=g).to(device)
             for _ in range(2))
     torch.manual_seed(seed)
     model = GPT(config).to(device)
