@@ -24,10 +24,20 @@ import types
 import torch
 
 from . import nvtx, ops
+from .bench.suite import add_arguments as add_bench_arguments, main as bench_main
+from .checkpoint import load_checkpoint, load_model
+from .data import TINY_SHAKESPEARE
 from .errors import MiniLLMError
+from .files import fetch
+from .generate import generate
+from .memory import format_prediction, measure_training_memory, predict_training_memory
 from .model import CHOICES, GPTConfig
+from .plot import plot_runs
 from .presets import PRESETS, default_preset, get_preset
-from .scratch.train import ScratchTrainConfig
+from .profile import profile
+from .quant import load_quantized, quantize_model, save_quantized
+from .scratch.train import ScratchTrainConfig, train_char_mlp
+from .tokenizer import train_bpe_file
 from .train import TrainConfig, resolve_device, seeded, train
 
 HELP = {
@@ -93,9 +103,6 @@ def check_quant_flags(quant, group_size):
 
 def load_for_inference(run, device, quant=None, group_size=None):
     """A full-precision or quantized checkpoint as a model; `quant` quantizes a full one."""
-    from .checkpoint import load_checkpoint, load_model
-    from .quant import load_quantized, quantize_model
-
     check_quant_flags(quant, group_size)
     if load_checkpoint(run).meta.get("quantization"):
         if quant:
@@ -109,8 +116,6 @@ def load_for_inference(run, device, quant=None, group_size=None):
 
 
 def cmd_sample(args):
-    from .generate import generate
-
     ops.set_kernels(args.kernels)
     if args.nvtx:
         nvtx.enable()
@@ -144,9 +149,6 @@ def cmd_sample(args):
 
 
 def cmd_quantize(args):
-    from .checkpoint import load_model
-    from .quant import quantize_model, save_quantized
-
     check_quant_flags(args.quant, args.group_size)
     model, ckpt = load_model(args.run, "cpu")
     summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
@@ -155,14 +157,10 @@ def cmd_quantize(args):
 
 
 def cmd_bench(args):
-    from .bench.suite import main as bench_main
-
     return bench_main(args)
 
 
 def cmd_profile(args):
-    from .profile import profile
-
     preset = args.preset or default_preset()
     get_preset(preset)
     ops.parse(args.kernels)
@@ -172,8 +170,6 @@ def cmd_profile(args):
 
 
 def cmd_memory(args):
-    from .memory import format_prediction, measure_training_memory, predict_training_memory
-
     preset = get_preset(args.preset or default_preset())
     config = GPTConfig(vocab_size=args.vocab_size, **preset["model"])
     batch_size = preset["train"]["batch_size"] if args.batch_size is None else args.batch_size
@@ -187,15 +183,10 @@ def cmd_memory(args):
 
 
 def cmd_scratch_train(args):
-    from .scratch.train import train_char_mlp
-
     train_char_mlp(ScratchTrainConfig(**given(args, ScratchTrainConfig)))
 
 
 def cmd_tokenizer_train(args):
-    from .data import TINY_SHAKESPEARE, fetch
-    from .tokenizer import train_bpe_file
-
     path = fetch(TINY_SHAKESPEARE, args.data)
     t0 = time.perf_counter()
     tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
@@ -207,8 +198,6 @@ def cmd_tokenizer_train(args):
 
 
 def cmd_plot(args):
-    from .plot import plot_runs
-
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
 
@@ -257,8 +246,6 @@ def build_parser():
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
-    from .bench.suite import add_arguments as add_bench_arguments
-
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 

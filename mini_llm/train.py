@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from . import __version__, nvtx, ops
 from .checkpoint import FILE_NAME, load_checkpoint, save_checkpoint
-from .data import TINY_SHAKESPEARE, atomic_write_bytes, fetch, get_batch, prepare_dataset
+from .data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError, DataError
+from .files import atomic_write_bytes, fetch
 from .generate import generate
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, lr_at
