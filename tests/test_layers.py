@@ -1,7 +1,7 @@
 """Imports point one way (DESIGN.md, "Layers"; the contracts: [tool.importlinter] in
 pyproject.toml): the tree keeps the contracts, and they have teeth: an upward import, even one
 inside a function, an import of a folder installed under another name (bench/ is mini_llm.bench),
-or a cycle inside one package breaks them. CI runs the same check as `python .ci/lint_imports.py`.
+a cycle inside one package, or the model importing a backend past the ops seam breaks them. CI runs the same check as `python .ci/lint_imports.py`.
 """
 
 import importlib.util
@@ -28,7 +28,9 @@ def test_the_tree_keeps_the_contracts(tmp_path):
      "mini_llm.ops is not allowed to import mini_llm.bench"),
     ("mini_llm/tokenizer/pretokenize.py", "from . import train",
      "No cycles are allowed in mini_llm.tokenizer"),
-], ids=["upward-in-a-function", "upward-into-bench", "cycle-in-a-package"])
+    ("mini_llm/model.py", "from .ops.reference import widen",
+     "Illegal imports of protected package mini_llm.ops.reference"),
+], ids=["upward-in-a-function", "upward-into-bench", "cycle-in-a-package", "past-the-seam"])
 def test_the_contracts_catch_a_wrong_import(tmp_path, module, added, broken):
     lint_imports.lay_out(tmp_path)  # a copy: the tree itself is left alone
     with open(tmp_path / module, "a") as f:
