@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from mini_llm.data import atomic_write_bytes, cache_dir
+from mini_llm.files import atomic_write_bytes, cache_dir
 
 from .timing import median_ms, plain_ms
 

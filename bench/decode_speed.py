@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from mini_llm import ops
+from mini_llm.checkpoint import load_model
 from mini_llm.generate import generate
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.presets import get_preset
@@ -60,8 +61,6 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.run:
-        from mini_llm.checkpoint import load_model
-
         base, _ = load_model(args.run, device)
     else:
         base = GPT(GPTConfig(vocab_size=65, **get_preset(args.preset)["model"])).to(device).eval()

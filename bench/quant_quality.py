@@ -21,7 +21,8 @@ import torch
 
 from mini_llm import ops
 from mini_llm.checkpoint import load_model
-from mini_llm.data import TINY_SHAKESPEARE, fetch, prepare_dataset
+from mini_llm.data import TINY_SHAKESPEARE, prepare_dataset
+from mini_llm.files import fetch
 from mini_llm.quant import quantize_model
 
 from .suite import _versions

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from mini_llm import ops
-from mini_llm.quant import quantize
+from mini_llm.ops.quant_format import quantize
+from mini_llm.ops.validation import TOLERANCE, compare, within
 
-from .run import TOLERANCE, WORST_ELEMENT, compare
 from .suite import _versions
 from .timing import median_ms
 
@@ -56,7 +56,7 @@ def main(argv=None):
                 for backend in backends:
                     fn = ops.implementation("quant_matmul", backend)
                     rel, worst, _, problem = compare([fn(x, qweight, scales, group)], [want], [x.dtype])
-                    ok = problem is None and rel <= TOLERANCE["bfloat16"] and worst <= WORST_ELEMENT * TOLERANCE["bfloat16"]
+                    ok = problem is None and within(rel, worst, TOLERANCE["bfloat16"])
                     ms = median_ms(lambda: fn(x, qweight, scales, group), device)
                     rows.append({"backend": backend, "M": M, "K": K, "N": K, "bits": bits, "group": group,
                                  "status": "ok" if ok else f"FAILED {problem or f'rel {rel:.1e}'}",

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import math
 
-from .run import TOLERANCE
+from mini_llm.ops.validation import TOLERANCE
 
 HEADER = ["op", "backend", "shape", "dtype", "pass", "check (rel err)", "ms", "GB/s", "TFLOP/s",
           "% copy BW", "% matmul", "vs torch"]

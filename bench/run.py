@@ -3,12 +3,11 @@
 For each case, every backend is first checked against the reference computed in float64 on the
 same inputs (outputs, and input gradients for the fwd+bwd pass), then timed; a wrong result is
 reported as FAILED and still timed, never hidden, and a kernel that raises is an "error" row.
-A result passes when it has the right shape and dtype, is finite, and both its norm-wise
-relative error (‖out − ref‖ / ‖ref‖) and its worst element (max |out − ref| / max |ref|, which
-catches a few wrong rows that a norm would average away) are within the dtype's tolerance. Rows carry the achieved GB/s and TFLOP/s,
-their share of the device's measured limits, and the speed-up over the `torch` backend measured
-in the same run. A backend that cannot run here, or that has no implementation of an op, is
-one skipped row with the reason.
+The check is mini_llm/ops/validation.py's rule, the one the tests apply too (right shape and
+dtype, finite, norm-wise relative error and worst element within the dtype's tolerance). Rows
+carry the achieved GB/s and TFLOP/s, their share of the device's measured limits, and the
+speed-up over the `torch` backend measured in the same run. A backend that cannot run here, or
+that has no implementation of an op, is one skipped row with the reason.
 """
 
 import itertools
@@ -19,13 +18,12 @@ import torch
 
 from mini_llm import nvtx, ops
 from mini_llm.errors import ConfigError
+from mini_llm.ops.validation import TOLERANCE, compare, within
 
 from .specs import SPECS, cases
 from .timing import median_ms
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}  # relative, vs float64
-WORST_ELEMENT = 4  # the worst element may be off by this many tolerances of the largest value
 PASSES = ("fwd", "fwd+bwd")
 REFERENCE_BUDGET = 2 << 30  # bytes a float64 reference may take; beyond, check against torch fp32
 TIMED_REFERENCE_BUDGET = 8 << 30  # bytes of T x T matrices the timed reference attention may make
@@ -83,25 +81,6 @@ def _score_bytes(spec, dims, element_size):
     return 0
 
 
-def compare(got, want, dtypes):
-    """(norm-wise relative error, worst-element error, max abs error, problem or None), the
-    worst over the output and the gradients; `dtypes`: the dtype each result must have."""
-    rel = worst = max_abs = 0.0
-    for g, w, expected_dtype in zip(got, want, dtypes):
-        if g.shape != w.shape:
-            return math.inf, math.inf, math.inf, f"shape {tuple(g.shape)}, expected {tuple(w.shape)}"
-        if g.dim() and g.dtype != expected_dtype:  # a scalar loss may be wider than its inputs
-            return math.inf, math.inf, math.inf, f"dtype {g.dtype}, expected {expected_dtype}"
-        g, w = g.detach().double(), w.detach().double()
-        if not torch.isfinite(g).all():
-            return math.inf, math.inf, math.inf, "not finite"
-        diff = (g - w).abs()
-        rel = max(rel, diff.norm().item() / max(w.norm().item(), 1e-30))
-        worst = max(worst, diff.max().item() / max(w.abs().max().item(), 1e-30))
-        max_abs = max(max_abs, diff.max().item())
-    return rel, worst, max_abs, None
-
-
 def check(spec, backend_fn, inputs, dims, pass_, grad_out):
     """compare() of the backend against the reference, and what it was compared with."""
     if _score_bytes(spec, dims, 8) < REFERENCE_BUDGET:
@@ -147,8 +126,7 @@ def measure(spec, case, backend, dtype_name, pass_, device, limits, generator_se
     row = Row(spec.name, backend, case.label, dtype_name, pass_, tolerance=TOLERANCE[dtype_name])
     row.rel_err, row.worst_err, row.max_abs_err, problem, against = check(
         spec, fn, inputs, case.dims, pass_, grad_out)
-    within = row.rel_err <= row.tolerance and row.worst_err <= WORST_ELEMENT * row.tolerance
-    row.status = "ok" if within else "FAILED"
+    row.status = "ok" if within(row.rel_err, row.worst_err, row.tolerance) else "FAILED"
     row.reason = f"{problem}; " * bool(problem) + f"vs {against}"
 
     sets = itertools.cycle(rotated_copies(inputs, device))

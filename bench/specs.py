@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mini_llm.ops.quant_format import quantize
+
 
 @dataclass(frozen=True)
 class Case:
@@ -96,8 +98,6 @@ def _decode_flops(d, backward):
 
 
 def _quant_make(d, dtype, device, g):
-    from mini_llm.quant import quantize
-
     x = rand((d["M"], d["K"]), dtype, device, g)
     w = rand((d["N"], d["K"]), torch.float32, "cpu", g, scale=0.02)
     qweight, scales = quantize(w, d["bits"], d["group"])

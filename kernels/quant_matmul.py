@@ -267,7 +267,7 @@ if __name__ == "__main__":
     assert torch.cuda.is_available() and not INTERPRET, "needs a GPU"
     from triton.testing import do_bench
 
-    from mini_llm.quant import dequantize, quantize
+    from mini_llm.ops.quant_format import dequantize, quantize
 
     print(f"{'M':>5} {'K=N':>5} {'format':<10}{'ours us':>9}{'GB/s':>7}{'bf16 us':>9}{'GB/s':>7}{'speedup':>9}")
     for K in (4096, 8192):

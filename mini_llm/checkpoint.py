@@ -14,9 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .data import atomic_write_bytes, tokenizer_from_dict
 from .errors import CheckpointError, ConfigError
+from .files import atomic_write_bytes
 from .model import GPT, GPTConfig
+from .tokenizer import tokenizer_from_dict
 
 FORMAT = "mini-llm/1"
 FILE_NAME = "ckpt.safetensors"

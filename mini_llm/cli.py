@@ -26,11 +26,25 @@ import types
 import torch
 
 from . import nvtx, ops
+from .bench.ceilings import ceilings
+from .bench.suite import add_arguments as add_bench_arguments, main as bench_main
+from .bench.timing import median_ms
+from .checkpoint import load_checkpoint, load_model
+from .data import TINY_SHAKESPEARE
 from .errors import MiniLLMError
-from .model import CHOICES, GPTConfig
-from .presets import PRESETS, default_preset, get_preset
-from .scratch.train import ScratchTrainConfig
+from .files import fetch
+from .generate import generate
+from .memory import format_prediction, measure_training_memory, predict_training_memory
 from .loop import seeded
+from .model import CHOICES, GPTConfig
+from .plot import plot_runs
+from .presets import PRESETS, default_preset, get_preset
+from .profile import profile, synthetic_training_of
+from .quant import load_quantized, quantize_model, save_quantized
+from .scaling.costs import format_costs, model_costs
+from .scaling.fit import fit_table, format_summary
+from .scratch.train import ScratchTrainConfig, train_char_mlp
+from .tokenizer import train_bpe_file
 from .train import TrainConfig, resolve_device, train
 
 HELP = {
@@ -98,9 +112,6 @@ def check_quant_flags(quant, group_size):
 
 def load_for_inference(run, device, quant=None, group_size=None):
     """A full-precision or quantized checkpoint as a model; `quant` quantizes a full one."""
-    from .checkpoint import load_checkpoint, load_model
-    from .quant import load_quantized, quantize_model
-
     check_quant_flags(quant, group_size)
     if load_checkpoint(run).meta.get("quantization"):
         if quant:
@@ -114,8 +125,6 @@ def load_for_inference(run, device, quant=None, group_size=None):
 
 
 def cmd_sample(args):
-    from .generate import generate
-
     ops.set_kernels(args.kernels)
     if args.nvtx:
         nvtx.enable()
@@ -149,9 +158,6 @@ def cmd_sample(args):
 
 
 def cmd_quantize(args):
-    from .checkpoint import load_model
-    from .quant import quantize_model, save_quantized
-
     check_quant_flags(args.quant, args.group_size)
     model, ckpt = load_model(args.run, "cpu")
     summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
@@ -160,14 +166,10 @@ def cmd_quantize(args):
 
 
 def cmd_bench(args):
-    from .bench.suite import main as bench_main
-
     return bench_main(args)
 
 
 def cmd_profile(args):
-    from .profile import profile
-
     preset = args.preset or default_preset()
     get_preset(preset)
     ops.parse(args.kernels)
@@ -177,8 +179,6 @@ def cmd_profile(args):
 
 
 def cmd_memory(args):
-    from .memory import format_prediction, measure_training_memory, predict_training_memory
-
     preset = get_preset(args.preset or default_preset())
     config = GPTConfig(vocab_size=args.vocab_size, **preset["model"])
     batch_size = preset["train"]["batch_size"] if args.batch_size is None else args.batch_size
@@ -192,15 +192,10 @@ def cmd_memory(args):
 
 
 def cmd_scratch_train(args):
-    from .scratch.train import train_char_mlp
-
     train_char_mlp(ScratchTrainConfig(**given(args, ScratchTrainConfig)))
 
 
 def cmd_tokenizer_train(args):
-    from .data import TINY_SHAKESPEARE, fetch
-    from .tokenizer import train_bpe_file
-
     path = fetch(TINY_SHAKESPEARE, args.data)
     t0 = time.perf_counter()
     tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
@@ -212,15 +207,11 @@ def cmd_tokenizer_train(args):
 
 
 def cmd_plot(args):
-    from .plot import plot_runs
-
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
 
 
 def cmd_scaling_fit(args):
-    from .scaling.fit import fit_table, format_summary
-
     summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
                         args.level, args.budget_tolerance, args.force)
     print(format_summary(summary))
@@ -228,11 +219,6 @@ def cmd_scaling_fit(args):
 
 
 def cmd_costs(args):
-    from .bench.ceilings import ceilings
-    from .bench.timing import median_ms
-    from .profile import synthetic_training_of
-    from .scaling.costs import format_costs, model_costs
-
     preset = get_preset(args.preset or default_preset())
     config = GPTConfig(**{**preset["model"], **given(args, GPTConfig)})
     batch_size = preset["train"]["batch_size"] if args.batch_size is None else args.batch_size
@@ -298,8 +284,6 @@ def build_parser():
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
-    from .bench.suite import add_arguments as add_bench_arguments
-
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from . import nvtx
 from .checkpoint import FILE_NAME, save_checkpoint
-from .data import atomic_write_bytes
+from .files import atomic_write_bytes
 from .optim import clip_grad_norm, lr_at
 from .plot import plot_runs, read_metrics
 

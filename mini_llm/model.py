@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import nvtx, ops
 from .errors import ConfigError
-from .ops.reference import apply_rope, rope_tables
+from .rope import apply_rope, rope_tables
 
 DECODE_MAX_TOKENS = 16  # at most this many new positions go through decode_attention
 CHOICES = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"), "pos": ("learned", "rope")}

@@ -22,8 +22,9 @@ import torch
 
 from . import __version__, nvtx, ops
 from .checkpoint import FILE_NAME, load_checkpoint
-from .data import TINY_SHAKESPEARE, fetch, get_batch, prepare_dataset
+from .data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError, DataError
+from .files import fetch
 from .generate import generate
 from .loop import Run, Task, finish, fit, seeded
 from .model import GPT, GPTConfig

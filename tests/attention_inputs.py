@@ -6,6 +6,7 @@ import torch
 
 from kernel_check import DEVICE
 from mini_llm.ops import reference
+from mini_llm.ops.masks import causal_mask
 
 
 def decode_inputs(B, nh, nkv, t_q, t_max, hs, lens, dtype, device=DEVICE, strided_q=False):
@@ -34,6 +35,6 @@ def reference_lse(q, k, causal, scale):
     """log sum_j exp(scale * q.k_j) over the keys each query sees, in float64."""
     scores = (q.double() @ k.double().transpose(-2, -1)) * scale
     if causal:
-        visible = reference.causal_mask(q.size(-2), k.size(-2), q.device)
+        visible = causal_mask(q.size(-2), k.size(-2), q.device)
         scores = scores.masked_fill(~visible, float("-inf"))
     return torch.logsumexp(scores, dim=-1)

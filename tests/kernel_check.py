@@ -1,10 +1,11 @@
-"""Shared by the kernel tests: a kernel's results against the reference, the same rule the
-bench applies to every row (norm-wise relative error within the dtype's tolerance, no element
-far off, right shape and dtype, nothing NaN), and poisoned output buffers."""
+"""Shared by the kernel tests: a kernel's results against the reference by the rule of
+mini_llm/ops/validation.py, which the bench applies to every row (norm-wise relative error
+within the dtype's tolerance, no element far off, right shape and dtype, nothing NaN), and
+poisoned output buffers."""
 
 import torch
 
-from mini_llm.bench.run import TOLERANCE, WORST_ELEMENT, compare
+from mini_llm.ops.validation import TOLERANCE, compare, within
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: Triton runs interpreted
 
@@ -18,7 +19,7 @@ def assert_matches(got, want, tol=None):
     rel, worst, max_abs, problem = compare(got, want, [g.dtype for g in got])
     assert problem is None, problem
     tol = tol or max(TOLERANCE[str(g.dtype).removeprefix("torch.")] for g in got)
-    assert rel <= tol and worst <= WORST_ELEMENT * tol, (
+    assert within(rel, worst, tol), (
         f"relative error {rel:.2e}, worst element {worst:.2e}, max abs {max_abs:.2e} (tolerance {tol:.0e})")
 
 

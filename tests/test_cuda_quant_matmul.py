@@ -22,7 +22,7 @@ from kernel_check import assert_matches, poisoned
 from mini_llm.errors import KernelInputError
 from mini_llm.ops import reference
 from mini_llm.ops.cuda import quant_matmul as cuda_qm
-from mini_llm.quant import quantize
+from mini_llm.ops.quant_format import quantize
 
 gpu = pytest.mark.gpu
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

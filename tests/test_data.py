@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mini_llm import data
-from mini_llm.data import (CharTokenizer, RemoteFile, TINY_SHAKESPEARE, fetch, get_batch,
-                           prepare_dataset)
+from mini_llm import files
+from mini_llm.data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from mini_llm.errors import DataError
+from mini_llm.files import RemoteFile, fetch
+from mini_llm.tokenizer import CharTokenizer
 
 PAYLOAD = b"to be or not to be\n" * 20
 REMOTE = RemoteFile("t.txt", "https://example.invalid/t.txt", hashlib.sha256(PAYLOAD).hexdigest())
@@ -26,7 +27,7 @@ def serve(monkeypatch, payload=PAYLOAD, fail=None):
             raise fail
         return io.BytesIO(payload)
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(files.urllib.request, "urlopen", urlopen)
     return calls
 
 

@@ -1,7 +1,8 @@
-"""Weight-only quantization (mini_llm/quant.py) and the reference / torch quant_matmul: the
-format's error bound element by element, int4 packing, all-zero rows and groups, tiny and
-float16-rounded scales, QuantizedLinear against nn.Linear, quantize_model with a save / load
-round trip that gives identical logits, and every error a user can hit.
+"""Weight-only quantization (the format: mini_llm/ops/quant_format.py; modules and models:
+mini_llm/quant.py) and the reference / torch quant_matmul: the format's error bound element by
+element, int4 packing, all-zero rows and groups, tiny and float16-rounded scales,
+QuantizedLinear against nn.Linear, quantize_model with a save / load round trip that gives
+identical logits, and every error a user can hit.
 Run: python -m pytest -q tests/test_quant.py   (CPU, a few seconds)
 """
 
@@ -15,8 +16,8 @@ from mini_llm import ops
 from mini_llm.errors import CheckpointError, ConfigError, KernelInputError
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.ops import reference, torch_ops
-from mini_llm.quant import (QMAX, QuantizedLinear, dequantize, load_quantized, pack_int4, quantize,
-                            quantize_model, save_quantized, unpack_int4)
+from mini_llm.ops.quant_format import QMAX, dequantize, pack_int4, quantize, unpack_int4
+from mini_llm.quant import QuantizedLinear, load_quantized, quantize_model, save_quantized
 from mini_llm.checkpoint import save_checkpoint
 
 FORMATS = [(8, None), (4, 32), (4, 64), (4, 128)]

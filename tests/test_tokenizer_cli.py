@@ -6,7 +6,7 @@ import pytest
 
 from mini_llm.checkpoint import Checkpoint, load_checkpoint
 from mini_llm.cli import main
-from mini_llm.data import CharTokenizer
+from mini_llm.tokenizer import CharTokenizer
 from mini_llm.tokenizer import Tokenizer
 
 

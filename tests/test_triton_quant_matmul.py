@@ -14,7 +14,7 @@ from kernel_check import DEVICE, assert_matches
 from mini_llm import ops
 from mini_llm.errors import KernelInputError
 from mini_llm.ops import reference
-from mini_llm.quant import quantize
+from mini_llm.ops.quant_format import quantize
 
 qm = pytest.importorskip("mini_llm.kernels.quant_matmul")
 

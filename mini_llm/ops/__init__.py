@@ -94,7 +94,7 @@ def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
 
 
 def quant_matmul(x, qweight, scales, group_size):
-    """x (..., K) @ W.T with W stored quantized (see mini_llm/quant.py for the format)."""
+    """x (..., K) @ W.T with W stored quantized (the format: quant_format.py)."""
     return _get("quant_matmul")(x, qweight, scales, group_size)
 
 

@@ -12,6 +12,9 @@ import math
 
 import torch
 
+from .masks import cache_mask, causal_mask
+from .quant_format import dequantize
+
 
 def widen(x):
     """x in float32, or float64 if it already is."""
@@ -55,15 +58,6 @@ def add_rms_norm(x, delta, weight, eps=1e-5):
     return s, rms_norm(s, weight, eps)
 
 
-def causal_mask(t_q, t_k, device=None):
-    """(t_q, t_k) bool, True where query i may see key j.
-
-    The queries are the *last* t_q positions of the t_k keys (bottom-right alignment), so
-    the same rule covers training (t_q == t_k), prefill and one-token decode against a cache.
-    """
-    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
-
-
 def attention(q, k, v, causal=True, scale=None):
     """softmax(q k^T * scale + mask) v.   q: (B, nh, Tq, hs), k and v: (B, nh, Tk, hs).
 
@@ -87,15 +81,13 @@ def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
     longest: the longest of cache_lens if the caller knows it; kernels use it to skip reading
     the lengths back (the reference has no use for it).
     """
-    B, nh, t_q, hs = q.shape
-    t_max = k_cache.size(2)
+    _, nh, t_q, hs = q.shape
     group = nh // k_cache.size(1)
     k = k_cache.repeat_interleave(group, dim=1)  # (B, nh, Tmax, hs)
     v = v_cache.repeat_interleave(group, dim=1)
     scale = 1.0 / math.sqrt(hs) if scale is None else scale
     scores = (widen(q) @ widen(k).transpose(-2, -1)) * scale  # (B, nh, Tq, Tmax)
-    query_pos = cache_lens.long()[:, None] - t_q + torch.arange(t_q, device=q.device)  # (B, Tq)
-    visible = torch.arange(t_max, device=q.device) <= query_pos[:, :, None]  # (B, Tq, Tmax)
+    visible = cache_mask(cache_lens, t_q, k_cache.size(2))  # (B, Tq, Tmax)
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
     return (softmax(scores, dim=-1) @ widen(v)).to(q.dtype)  # (B, nh, Tq, hs)
 
@@ -124,32 +116,10 @@ def cross_entropy(logits, targets, ignore_index=-1):
     return (logsumexp[keep] - picked).mean()
 
 
-def rope_tables(head_size, positions, base=10000.0):
-    """cos and sin tables for rotary position embeddings, each (T, head_size // 2).
-
-    Channel pair i rotates by angle position * base^(-2i / head_size): fast for the first
-    pairs, slow for the last, so the dot product q.k depends only on the distance.
-    """
-    inv_freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-    angles = positions.float()[:, None] * inv_freq[None, :].to(positions.device)
-    return torch.cos(angles), torch.sin(angles)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate each channel pair (x[2i], x[2i+1]) of x (B, nh, T, hs) by its angle."""
-    x32 = widen(x)
-    x_even, x_odd = x32[..., 0::2], x32[..., 1::2]  # (B, nh, T, hs/2)
-    rotated_even = x_even * cos - x_odd * sin
-    rotated_odd = x_even * sin + x_odd * cos
-    return torch.stack((rotated_even, rotated_odd), dim=-1).flatten(-2).to(x.dtype)
-
-
 def quant_matmul(x, qweight, scales, group_size):
-    """x (..., K) @ W.T -> (..., N), W (N, K) stored quantized (mini_llm/quant.py: int8 per
+    """x (..., K) @ W.T -> (..., N), W (N, K) stored quantized (quant_format.py: int8 per
     output channel, or int4 in groups of group_size along K): each weight is q * its group's
     scale. Dequantizes the whole weight, then multiplies in float32 or wider; x's dtype out."""
-    from ..quant import dequantize  # here, not on top: mini_llm.quant imports the ops seam
-
     x_wide = widen(x)
     w = dequantize(qweight, scales, group_size).to(x_wide.dtype)  # (N, K)
     return (x_wide @ w.T).to(x.dtype)

@@ -14,8 +14,11 @@ an error that says what exists; nothing falls back silently except under "auto".
 """
 
 import contextlib
+import importlib
 import importlib.util
 import os
+
+import torch
 
 from .. import nvtx
 from ..errors import KernelSelectionError
@@ -46,8 +49,6 @@ def unavailable_reason(backend):
     """None if the backend can run on this machine, else why not."""
     if backend in ("reference", "torch"):
         return None
-    import torch
-
     if backend == "triton":
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed"
@@ -56,9 +57,9 @@ def unavailable_reason(backend):
         return None
     if not torch.cuda.is_available():
         return "no CUDA GPU"
-    from . import cuda  # the extension: prebuilt, or built from csrc/ on first use
-
-    return cuda.unavailable_reason()
+    # The seam knows a kernel backend by its module name only (as ops/__init__.py's table): the
+    # backend is a layer above it, and importing it may build the extension from csrc/.
+    return importlib.import_module("mini_llm.ops.cuda").unavailable_reason()
 
 
 def _runnable(op, backend):
@@ -67,8 +68,6 @@ def _runnable(op, backend):
 
 def _fast(backend):
     """False for Triton when it would run interpreted (correct, but slower than torch)."""
-    import torch
-
     return backend != "triton" or torch.cuda.is_available()
 
 

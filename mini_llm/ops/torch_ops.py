@@ -6,7 +6,8 @@ Same signatures and semantics as reference.py; every kernel is benchmarked again
 import torch
 import torch.nn.functional as F
 
-from .reference import causal_mask
+from .masks import cache_mask, causal_mask
+from .quant_format import dequantize
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
@@ -43,9 +44,7 @@ def attention(q, k, v, causal=True, scale=None):
 def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None):
     """SDPA over the whole cache with a mask per sequence (its flash backend takes no mask, so
     this is what PyTorch offers for a batch of different cache lengths)."""
-    t_q, t_max = q.size(2), k_cache.size(2)
-    query_pos = cache_lens.long()[:, None] - t_q + torch.arange(t_q, device=q.device)  # (B, Tq)
-    visible = torch.arange(t_max, device=q.device) <= query_pos[:, :, None]  # (B, Tq, Tmax)
+    visible = cache_mask(cache_lens, q.size(2), k_cache.size(2))  # (B, Tq, Tmax)
     return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible[:, None], scale=scale,
                                           enable_gqa=k_cache.size(1) != q.size(1))
 
@@ -67,6 +66,4 @@ def cross_entropy(logits, targets, ignore_index=-1):
 def quant_matmul(x, qweight, scales, group_size):
     """Dequantize the whole weight into x's dtype, then one torch.matmul: what a user without a
     fused kernel writes (the full-precision weight goes through memory on every call)."""
-    from ..quant import dequantize  # here, not on top: mini_llm.quant imports the ops seam
-
     return torch.matmul(x, dequantize(qweight, scales, group_size).to(x.dtype).T)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..data import TINY_SHAKESPEARE, fetch, prepare_dataset
+from ..data import TINY_SHAKESPEARE, prepare_dataset
 from ..errors import ConfigError
+from ..files import fetch
 from ..optim import lr_at
 from .char_mlp import CharMLP, sample, windows
 from .optim import AdamW

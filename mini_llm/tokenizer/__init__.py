@@ -8,13 +8,24 @@ Read in this order:
   tokenizer.py    the Tokenizer: encode, decode, encode_iterable, save / load
   gpt2_format.py  GPT-2's encoder.json and vocab.bpe
   backends.py     the pure-Python hot loops or the C++ core (csrc/bpe_core.cpp), same results
+  char.py         the character tokenizer, the default when no BPE tokenizer is given
 
     from mini_llm.tokenizer import Tokenizer, train_bpe
     tok = Tokenizer.load("gpt2")            # GPT-2's own vocabulary and merges
     tok.decode(tok.encode("Hello world"))   # 'Hello world'
 """
 
+from .char import CharTokenizer
 from .tokenizer import Tokenizer
 from .train import train_bpe, train_bpe_file
 
-__all__ = ["Tokenizer", "train_bpe", "train_bpe_file"]
+
+def tokenizer_from_dict(d):
+    """Rebuild a tokenizer from its to_dict(): characters, or BPE. Records written before BPE
+    existed have no "kind" and are characters."""
+    if d.get("kind", "char") == "char":
+        return CharTokenizer(d["chars"])
+    return Tokenizer.from_dict(d)
+
+
+__all__ = ["CharTokenizer", "Tokenizer", "tokenizer_from_dict", "train_bpe", "train_bpe_file"]

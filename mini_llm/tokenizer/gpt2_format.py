@@ -14,8 +14,8 @@ and are no merge's result: that is how they are told apart when the files are re
 import json
 from functools import cache
 
-from ..data import RemoteFile, atomic_write_bytes
 from ..errors import DataError
+from ..files import RemoteFile, atomic_write_bytes
 
 # GPT-2's own files where OpenAI serves them (tiktoken fetches the same URLs, same sha256).
 GPT2_ENCODER = RemoteFile(

@@ -8,8 +8,8 @@ decode: the tokens' bytes, joined, read as UTF-8; a byte sequence that is not va
 
 from pathlib import Path
 
-from ..data import fetch
 from ..errors import DataError
+from ..files import fetch
 from . import gpt2_format
 from .backends import get_backend
 from .pretokenize import special_pattern, split_on_specials
