@@ -1,0 +1,181 @@
+"""`mini-llm scaling sweep`: train a grid of models through the shared training loop and write
+the run table (runs.csv) that `mini-llm scaling fit` reads.
+
+Two designs:
+  isoflop  for each compute budget C, models of several sizes N, each trained on the tokens
+           D = C / F(N) that the budget buys, F(N) being the training FLOPs per token of that
+           model, attention term included (costs.py: 6 N_mm + 12 L T C), so that every run of a
+           budget really spends C. The sizes are spread by tokens per parameter, D/N from 1 to
+           256, so that the budget's best size lies inside them.
+  grid     every size against every token count (Kaplan et al.'s N x D grid).
+
+One rule gives a model its shape from N (shape_for): head size 16, depth = width / 32 (at least
+one layer), the width the one whose non-embedding parameters come closest to N. Every run gets
+a learning-rate schedule of its own length (warm-up 5%, cosine to a tenth: Chinchilla's point
+that a schedule longer than the run overstates the loss) and ends with an evaluation on the
+validation split; that loss is the table's `loss`. A run folder that holds a summary.json is
+done and skipped; one killed midway resumes from its last checkpoint.
+
+A small budget on a small text is data-limited: `epochs` says how many passes over the training
+split a run made. Tiny Shakespeare is about 1M characters, so the larger budgets repeat data.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..data import TINY_SHAKESPEARE, atomic_write_bytes, fetch, prepare_dataset
+from ..errors import ConfigError
+from ..model import GPTConfig
+from ..train import TrainConfig, train
+from .costs import model_costs
+from .parametric import ScalingLaw
+
+HEAD_SIZE, ASPECT = 16, 32  # the shape rule: C = n_head * 16, n_layer = C / 32
+TOKENS_PER_PARAM = (1, 4, 16, 64, 256)  # isoflop: D / N of the sizes tried at each budget
+COLUMNS = ("name", "design", "budget", "params", "params_with_embeddings", "tokens", "flops", "loss",
+           "epochs", "seconds", "n_layer", "n_head", "n_embd", "iters", "batch_size", "block_size",
+           "lr", "seed", "data")
+
+
+@dataclass
+class Settings:
+    """What every run of a sweep shares."""
+
+    out: str
+    data: str | None = None  # default: Tiny Shakespeare
+    block_size: int = 64
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 1337
+    eval_iters: int = 20
+    device: str = "auto"
+
+    def dataset(self):
+        """The text as characters: (vocabulary size, tokens in the training split)."""
+        d = prepare_dataset(fetch(TINY_SHAKESPEARE, self.data))
+        return d.tokenizer.vocab_size, len(d.train)
+
+    def tokens_per_iter(self):
+        return self.batch_size * self.block_size
+
+
+def shape_for(n_params, vocab_size, block_size):
+    """The model of about n_params non-embedding parameters under the shape rule."""
+    configs = (shape_for_width(w, vocab_size, block_size) for w in range(HEAD_SIZE, 1025, HEAD_SIZE))
+    return min(configs, key=lambda c: abs(math.log(model_costs(c, 1).non_embedding / n_params)))
+
+
+def shape_for_width(width, vocab_size, block_size):
+    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_embd=width,
+                     n_head=width // HEAD_SIZE, n_layer=max(1, round(width / ASPECT)))
+
+
+@dataclass
+class Planned:
+    name: str
+    design: str
+    budget: float  # the compute budget C of an isoflop run; 0 for the grid
+    config: GPTConfig
+    iters: int
+
+
+def plan_isoflop(budgets, s, vocab_size):
+    """Runs for each budget: the sizes whose D/N spans TOKENS_PER_PARAM, each trained on the
+    tokens its budget buys (whole iterations: the run's flops are recomputed from them)."""
+    runs = []
+    for budget in budgets:
+        seen = set()
+        for ratio in TOKENS_PER_PARAM:
+            config = shape_for(math.sqrt(budget / (6 * ratio)), vocab_size, s.block_size)
+            if config.n_embd in seen:  # two ratios rounded to the same shape
+                continue
+            seen.add(config.n_embd)
+            tokens = budget / model_costs(config, s.batch_size).training_flops()
+            iters = max(1, round(tokens / s.tokens_per_iter()))
+            runs.append(Planned(f"C{budget:.0e}-C{config.n_embd}", "isoflop", budget, config, iters))
+    return runs
+
+
+def plan_grid(sizes, token_counts, s, vocab_size):
+    runs = []
+    for n in sizes:
+        config = shape_for(n, vocab_size, s.block_size)
+        for tokens in token_counts:
+            iters = max(1, round(tokens / s.tokens_per_iter()))
+            runs.append(Planned(f"N{config.n_embd}-D{tokens:.0e}", "grid", 0.0, config, iters))
+    return runs
+
+
+def run_sweep(planned, s):
+    """Train what is not done yet (one progress bar over all runs, weighted by compute), then
+    write runs.csv with every run of the plan. Returns the rows."""
+    _, train_tokens = s.dataset()
+    rows = [None] * len(planned)
+    with tqdm(total=sum(flops_of(p, s) for p in planned), unit="FLOP", unit_scale=True,
+              desc="sweep", disable=None) as bar:
+        for i, p in enumerate(planned):
+            rows[i] = row(p, s, train_one(p, s, Path(s.out) / "runs" / p.name), train_tokens)
+            bar.update(flops_of(p, s))
+    write_table(Path(s.out) / "runs.csv", rows)
+    return rows
+
+
+def flops_of(p, s):
+    """The training compute of run p: its tokens times its FLOPs per token."""
+    return p.iters * s.tokens_per_iter() * model_costs(p.config, s.batch_size).training_flops()
+
+
+def train_one(p, s, folder):
+    """The summary of run p: read if it finished before, else trained (or resumed)."""
+    summary = folder / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    cfg = TrainConfig(out=str(folder), data=s.data, batch_size=s.batch_size, max_iters=p.iters,
+                      lr=s.lr, min_lr=s.lr / 10, warmup_iters=max(1, p.iters // 20),
+                      eval_interval=max(1, p.iters // 4), eval_iters=s.eval_iters,
+                      log_interval=max(1, p.iters // 10), seed=s.seed, sample_tokens=0, device=s.device)
+    if (folder / "ckpt.safetensors").is_file():
+        return train({}, cfg, resume={"max_iters": p.iters})
+    return train({k: v for k, v in p.config.to_dict().items() if k != "vocab_size"}, cfg)
+
+
+def row(p, s, summary, train_tokens):
+    costs = model_costs(p.config, s.batch_size)
+    tokens = p.iters * s.tokens_per_iter()
+    return {"name": p.name, "design": p.design, "budget": p.budget, "params": costs.non_embedding,
+            "params_with_embeddings": costs.total, "tokens": tokens, "flops": flops_of(p, s),
+            "loss": summary["val_loss"], "epochs": round(tokens / train_tokens, 3),
+            "seconds": round(summary["wall_s"], 2), "n_layer": p.config.n_layer,
+            "n_head": p.config.n_head, "n_embd": p.config.n_embd, "iters": p.iters,
+            "batch_size": s.batch_size, "block_size": s.block_size, "lr": s.lr, "seed": s.seed,
+            "data": s.data or "tinyshakespeare"}
+
+
+def write_table(path, rows):
+    lines = [",".join(COLUMNS)] + [",".join(str(r[c]) for c in COLUMNS) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def predict(fit_json, budget, s):
+    """The size that the approach-3 law of fit_json says is best for `budget` (among the shapes
+    of the rule, with each one's real FLOPs per token), and the loss the law predicts for it."""
+    fit = json.loads(Path(fit_json).read_text())["approach3"]
+    if "error" in fit:
+        raise ConfigError(f"{fit_json} has no approach-3 fit to predict with: {fit['error']}")
+    law = ScalingLaw(*(fit[k] for k in ("E", "A", "B", "alpha", "beta")))
+    vocab_size, _ = s.dataset()
+    best = None
+    for width in range(HEAD_SIZE, 1025, HEAD_SIZE):
+        config = shape_for_width(width, vocab_size, s.block_size)
+        costs = model_costs(config, s.batch_size)
+        iters = max(1, round(budget / costs.training_flops() / s.tokens_per_iter()))
+        tokens = iters * s.tokens_per_iter()
+        predicted = float(law.loss(costs.non_embedding, tokens))
+        if best is None or predicted < best[0]:
+            best = (predicted, Planned(f"C{budget:.0e}-C{width}", "isoflop", budget, config, iters))
+    return best
