@@ -7,7 +7,7 @@ Read in this order:
   train.py        training on a text: parallel counting, then the merge loop
   tokenizer.py    the Tokenizer: encode, decode, encode_iterable, save / load
   gpt2_format.py  GPT-2's encoder.json and vocab.bpe
-  backends.py     the pure-Python hot loops or the C++ core (csrc/bpe_core.cpp), same results
+  backends.py     the pure-Python hot loops or the C++ core (csrc/tokenizer/bpe_core.cpp), same results
 
     from mini_llm.tokenizer import Tokenizer, train_bpe
     tok = Tokenizer.load("gpt2")            # GPT-2's own vocabulary and merges
