@@ -47,14 +47,14 @@ def cuda_extension():
 
 
 def tokenizer_extension():
-    """The BPE tokenizer's C++ core, mini_llm.tokenizer._bpe_core (csrc/bpe_core.cpp, pybind11;
+    """The BPE tokenizer's C++ core, mini_llm.tokenizer._bpe_core (csrc/tokenizer/bpe_core.cpp, pybind11;
     no CUDA, no torch). Optional: if it cannot be built the tokenizer runs its pure-Python path."""
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
         print("setup.py: pybind11 is not importable at build time; skipping the tokenizer's C++ core")
         return []
-    return [Pybind11Extension("mini_llm.tokenizer._bpe_core", ["csrc/bpe_core.cpp"], cxx_std=20,
+    return [Pybind11Extension("mini_llm.tokenizer._bpe_core", ["csrc/tokenizer/bpe_core.cpp"], cxx_std=20,
                               extra_compile_args=["-O3"], optional=True)]
 
 

@@ -126,7 +126,7 @@ def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "mini_llm/tokenizer", "csrc/bpe_core.cpp"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "mini_llm/tokenizer", "csrc/tokenizer"],
                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,

@@ -37,6 +37,7 @@ from triton.runtime.autotuner import Autotuner  # noqa: E402
 
 from mini_llm.kernels import attention as fa  # noqa: E402
 from mini_llm.kernels import attention_bwd as fb  # noqa: E402
+from mini_llm.kernels import common  # noqa: E402
 from mini_llm.kernels import decode_attention as da  # noqa: E402
 from mini_llm.kernels import layer_norm as ln  # noqa: E402
 from mini_llm.kernels import quant_matmul as qm  # noqa: E402
@@ -96,7 +97,7 @@ def norm_launches(dtypes):
 def attention_launches(dtypes):
     """attention.py / attention_bwd.py: every autotune config per (dtype, head dim), causal."""
     for d in dtypes:
-        prec = fb.dot_precision(TORCH_DTYPE[d])
+        prec = common.dot_precision(TORCH_DTYPE[d])
         io_types = {n: f"*{d}" for n in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
         types = dict(io_types, LSE="*fp32", DELTA="*fp32", qk_scale="fp32", scale="fp32")
         for hs in sorted({hs for _, hs in fb.DQ_KERNELS}):
@@ -120,7 +121,7 @@ def decode_launches(dtypes):
         tile = da.tiles(TORCH_DTYPE[d])
         types = dict(q_ptr=f"*{d}", k_ptr=f"*{d}", v_ptr=f"*{d}", lens_ptr="*i32", out_ptr=f"*{d}",
                      o_part_ptr="*fp32", lse_part_ptr="*fp32", qk_scale="fp32")
-        flags = dict(BLOCK_N=tile.block_n, DOT_PRECISION="ieee" if d == "fp32" else "tf32", WIDEN_DOT=False)
+        flags = dict(BLOCK_N=tile.block_n, DOT_PRECISION=common.dot_precision(TORCH_DTYPE[d]))
         for hs in (32, 64, 128):
             for block_m, ones in [(m, {}) for m in sorted({16, min(32, tile.max_block_m), tile.max_block_m})] + \
                     [(16, dict(t_q=1, group=1))]:
@@ -146,13 +147,12 @@ def quant_launches(dtypes):
               ("gemv", qm._gemv, "M16", dict(BLOCK_M=16, GROUP_M=1), 1, None),
               ("gemm", qm._gemm, "M>16", dict(GROUP_M=8), 1, None)]
     for d in dtypes:
-        prec = "ieee" if d == "fp32" else "tf32"
+        prec = common.dot_precision(TORCH_DTYPE[d])
         for bits, group in ((8, 0), (4, 32), (4, 64), (4, 128)):
             types = dict(x_ptr=f"*{d}", qw_ptr="*i8" if bits == 8 else "*u8", scales_ptr="*fp16",
                          out_ptr=f"*{d}")
             for shape, tuner, rows, fixed, split, n_configs in shapes:
-                consts = dict(fixed, BITS=bits, GROUP=group, SPLIT_K=split, DOT_PRECISION=prec,
-                              WIDEN_DOT=False)
+                consts = dict(fixed, BITS=bits, GROUP=group, SPLIT_K=split, DOT_PRECISION=prec)
                 label = f"{d} int{bits}{f' g{group}' if bits == 4 else ''} {rows} split{split}"
                 out = dict(types, out_ptr="*fp32") if split > 1 else types
                 configs = qm._fits(tuner.configs, consts)[:n_configs]

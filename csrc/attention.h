@@ -17,6 +17,9 @@
 
 namespace mini_llm {
 
+// The head dims the kernels are compiled for. mini_llm/ops/checks.py: ATTENTION_HEAD_DIMS.
+constexpr int kAttentionHeadDims[] = {32, 64, 128};
+
 // Element strides of a (B, nh, T, hs) tensor's first three dims (the last has stride 1).
 struct AttentionStrides {
   int64_t batch, head, seq;

@@ -45,6 +45,14 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed to launch: ", cudaGetErrorString(err));
 }
 
+// A limit table of a launcher header as an error message lists it: "32, 64, 128".
+template <int N>
+std::string listed(const int (&allowed)[N]) {
+  std::string s;
+  for (int a : allowed) s += (s.empty() ? "" : ", ") + std::to_string(a);
+  return s;
+}
+
 // -- layer_norm / rms_norm --
 
 // x-shaped (rows, cols) activations of x's dtype; float32 (cols) parameters; float32 (rows) stats.
@@ -81,7 +89,8 @@ DType check_norm_input(const torch::Tensor& x, const char* name) {
   return dtype;
 }
 
-// (y, s, mean, rstd): s is empty without delta, mean is empty for RMSNorm.
+// (s, y, mean, rstd), the order of mini_llm/ops/__init__.py's contract: s = x + delta (empty
+// without delta), y = norm(s), mean (empty for RMSNorm) and rstd saved for the backward.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> norm_forward(
     const torch::Tensor& x, const std::optional<torch::Tensor>& delta, const torch::Tensor& weight,
     const std::optional<torch::Tensor>& bias, double eps, bool rms, int64_t stream) {
@@ -100,30 +109,30 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> norm_forw
                                       rms ? nullptr : mean.data_ptr<float>(), rstd.data_ptr<float>(), rows, int(cols),
                                       float(eps), rms, dtype, as_stream(stream)),
                "norm_forward");
-  return {y, s, mean, rstd};
+  return {s, y, mean, rstd};
 }
 
-// (dx, dweight, dbias): x_in is what the forward normalised (x, or s when fused); ds, the
+// (dx, dweight, dbias): xs is what the forward normalised (x, or s when fused); ds, the
 // gradient already flowing into s (fused only), is added to dx; dbias is empty unless has_bias.
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> norm_backward(
-    const torch::Tensor& dy, const std::optional<torch::Tensor>& ds, const torch::Tensor& x_in,
-    const torch::Tensor& weight, const std::optional<torch::Tensor>& mean, const torch::Tensor& rstd, bool has_bias,
-    bool rms, int64_t stream) {
-  const DType dtype = check_norm_input(x_in, "x_in");
-  const int64_t rows = x_in.size(0), cols = x_in.size(1);
-  check_norm_activation(dy, "dy", x_in);
-  if (ds) check_norm_activation(*ds, "ds", x_in);
-  check_norm_float32(weight, "weight", x_in, cols);
-  check_norm_float32(rstd, "rstd", x_in, rows);
+    const torch::Tensor& dy, const std::optional<torch::Tensor>& ds, const torch::Tensor& xs,
+    const torch::Tensor& weight, const std::optional<torch::Tensor>& mean, const torch::Tensor& rstd, bool rms,
+    bool has_bias, int64_t stream) {
+  const DType dtype = check_norm_input(xs, "xs");
+  const int64_t rows = xs.size(0), cols = xs.size(1);
+  check_norm_activation(dy, "dy", xs);
+  if (ds) check_norm_activation(*ds, "ds", xs);
+  check_norm_float32(weight, "weight", xs, cols);
+  check_norm_float32(rstd, "rstd", xs, rows);
   TORCH_CHECK(rms || mean, "LayerNorm's backward needs the mean saved by the forward");
-  if (!rms) check_norm_float32(*mean, "mean", x_in, rows);
+  if (!rms) check_norm_float32(*mean, "mean", xs, rows);
   int partial_rows = 0;
   check_launch(mini_llm::norm_backward_partial_rows(rows, int(cols), dtype, &partial_rows),
                "norm_backward_partial_rows");
-  const auto f32 = x_in.options().dtype(torch::kFloat32);
-  torch::Tensor dx = torch::empty_like(x_in), partials = torch::empty({partial_rows, 2, cols}, f32);
+  const auto f32 = xs.options().dtype(torch::kFloat32);
+  torch::Tensor dx = torch::empty_like(xs), partials = torch::empty({partial_rows, 2, cols}, f32);
   torch::Tensor dweight = torch::empty({cols}, f32), dbias = torch::empty({has_bias ? cols : 0}, f32);
-  check_launch(mini_llm::norm_backward(dy.data_ptr(), ds ? ds->data_ptr() : nullptr, x_in.data_ptr(),
+  check_launch(mini_llm::norm_backward(dy.data_ptr(), ds ? ds->data_ptr() : nullptr, xs.data_ptr(),
                                        weight.data_ptr<float>(), rms ? nullptr : mean->data_ptr<float>(),
                                        rstd.data_ptr<float>(), dx.data_ptr(), partials.data_ptr<float>(),
                                        partial_rows, dweight.data_ptr<float>(),
@@ -165,8 +174,8 @@ mini_llm::AttentionShape check_attention_inputs(const torch::Tensor& q, const to
   const int64_t batch = q.size(0), heads = q.size(1), t_q = q.size(2), t_k = k.size(2), head_dim = q.size(3);
   TORCH_CHECK(k.size(0) == batch && k.size(1) == heads && k.size(3) == head_dim, "q ", q.sizes(), " and k ",
               k.sizes(), " disagree on batch, heads or head dim");
-  TORCH_CHECK(head_dim == 32 || head_dim == 64 || head_dim == 128, "head dim ", head_dim,
-              " is not supported; supported: 32, 64, 128");
+  TORCH_CHECK(mini_llm::one_of(mini_llm::kAttentionHeadDims, head_dim), "head dim ", head_dim,
+              " is not supported; supported: ", listed(mini_llm::kAttentionHeadDims));
   TORCH_CHECK(t_k >= 1, "k and v must hold at least one position, got Tk = ", t_k);
   TORCH_CHECK(!causal || t_q <= t_k, "causal attention needs Tq <= Tk (the queries are the last Tq of the Tk ",
               "positions), got Tq = ", t_q, ", Tk = ", t_k);
@@ -260,7 +269,8 @@ void decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache, cons
   const int64_t kv_heads = k_cache.size(1), t_max = k_cache.size(2);
   TORCH_CHECK(k_cache.size(0) == batch && k_cache.size(3) == head_dim, "q ", q.sizes(), " and k_cache ",
               k_cache.sizes(), " disagree on batch or head dim");
-  TORCH_CHECK(head_dim == 64 || head_dim == 128, "head dim ", head_dim, " is not supported; supported: 64, 128");
+  TORCH_CHECK(mini_llm::one_of(mini_llm::kDecodeHeadDims, head_dim), "head dim ", head_dim,
+              " is not supported; supported: ", listed(mini_llm::kDecodeHeadDims));
   TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, heads, " query heads cannot share ", kv_heads,
               " key/value heads evenly");
   TORCH_CHECK(t_q <= t_max, "Tq = ", t_q, " new positions do not fit a cache of Tmax = ", t_max);
@@ -314,8 +324,9 @@ void quant_matmul(const torch::Tensor& x, const torch::Tensor& qweight, const to
     TORCH_CHECK(group_size == K, "int8 weights have one scale per output channel: group_size must be K = ", K,
                 ", got ", group_size);
   } else {
-    TORCH_CHECK((group_size == 32 || group_size == 64 || group_size == 128) && K % group_size == 0,
-                "int4 group_size must be 32, 64 or 128 and divide K = ", K, ", got ", group_size);
+    TORCH_CHECK(mini_llm::one_of(mini_llm::kQuantGroupSizes, group_size) && K % group_size == 0,
+                "int4 group_size must be one of ", listed(mini_llm::kQuantGroupSizes), " and divide K = ", K,
+                ", got ", group_size);
   }
   TORCH_CHECK(K > 0 && scales.size(0) == N && scales.size(1) == K / group_size, "scales ", scales.sizes(),
               " do not match qweight ", qweight.sizes(), " with group_size ", group_size, ": expected (", N, ", ",
@@ -358,12 +369,13 @@ void quant_matmul(const torch::Tensor& x, const torch::Tensor& qweight, const to
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // -- layer_norm / rms_norm --
-  m.def("norm_forward", &norm_forward, "LayerNorm / RMSNorm forward, optionally fused with s = x + delta",
+  m.def("norm_forward", &norm_forward,
+        "LayerNorm / RMSNorm forward, optionally fused with s = x + delta: (s, y, mean, rstd)",
         py::arg("x"), py::arg("delta"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("rms"),
         py::arg("stream"));
   m.def("norm_backward", &norm_backward, "LayerNorm / RMSNorm backward: (dx, dweight, dbias)", py::arg("dy"),
-        py::arg("ds"), py::arg("x_in"), py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("has_bias"),
-        py::arg("rms"), py::arg("stream"));
+        py::arg("ds"), py::arg("xs"), py::arg("weight"), py::arg("mean"), py::arg("rstd"), py::arg("rms"),
+        py::arg("has_bias"), py::arg("stream"));
 
   // -- attention --
   m.def("attention_forward", &attention_forward,

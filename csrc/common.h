@@ -18,4 +18,14 @@ inline const char* dtype_name(DType t) {
   return "?";
 }
 
+// Whether `value` is in `allowed`, one of the limit tables of the launcher headers (head dims,
+// group sizes). Each table is the one C++ copy of a limit that mini_llm/ops/checks.py names for
+// Python; tests/test_op_contracts.py reads the headers and holds the two equal.
+template <int N>
+constexpr bool one_of(const int (&allowed)[N], long long value) {
+  for (int a : allowed)
+    if (a == value) return true;
+  return false;
+}
+
 }  // namespace mini_llm

@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(kThreads) decode_combine_kernel(const CombineA
 bool supported(const DecodeAttentionShape& s) {
   if (s.batch < 0 || s.heads <= 0 || s.kv_heads <= 0 || s.heads % s.kv_heads || s.t_q < 0 || s.t_max < s.t_q)
     return false;
-  if (s.head_dim != 64 && s.head_dim != 128) return false;
+  if (!one_of(kDecodeHeadDims, s.head_dim)) return false;
   const int64_t row_chunks = ceil_div(static_cast<int64_t>(s.heads / s.kv_heads) * s.t_q, kRows);
   return static_cast<int64_t>(s.batch) * s.kv_heads <= INT_MAX && row_chunks <= kMaxGridYZ;
 }

@@ -17,6 +17,9 @@
 
 namespace mini_llm {
 
+// The head dims the kernels are compiled for. mini_llm/ops/checks.py: CUDA_DECODE_HEAD_DIMS.
+constexpr int kDecodeHeadDims[] = {64, 128};
+
 struct DecodeAttentionShape {
   int batch, heads, kv_heads, t_q, t_max, head_dim;
 };

@@ -381,7 +381,7 @@ cudaError_t norm_backward_partial_rows(int64_t rows, int cols, DType dtype, int*
   });
 }
 
-cudaError_t norm_backward(const void* dy, const void* ds, const void* x_in, const float* weight,
+cudaError_t norm_backward(const void* dy, const void* ds, const void* xs, const float* weight,
                           const float* mean, const float* rstd, void* dx, float* partials, int partial_rows,
                           float* dweight, float* dbias, int64_t rows, int cols, bool rms, DType dtype,
                           cudaStream_t stream) {
@@ -389,7 +389,7 @@ cudaError_t norm_backward(const void* dy, const void* ds, const void* x_in, cons
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // The kernel reads "no mean" as RMSNorm.
-    return backward(BackwardArgs<T>{static_cast<const T*>(dy), static_cast<const T*>(ds), static_cast<const T*>(x_in),
+    return backward(BackwardArgs<T>{static_cast<const T*>(dy), static_cast<const T*>(ds), static_cast<const T*>(xs),
                                     weight, rms ? nullptr : mean, rstd, static_cast<T*>(dx), partials, rows, cols,
                                     dbias != nullptr},
                     partial_rows, dweight, dbias, stream);

@@ -14,6 +14,7 @@
 namespace mini_llm {
 
 // The widest row the kernels take: each thread keeps its share of a row in registers.
+// mini_llm/ops/checks.py: CUDA_NORM_MAX_COLS.
 constexpr int kNormMaxCols = 8192;
 
 // y = norm(x) * weight (+ bias): LayerNorm centres each row (mean saved), RMSNorm (rms) does not
@@ -28,11 +29,11 @@ cudaError_t norm_forward(const void* x, const void* delta, void* s, const float*
 // device).
 cudaError_t norm_backward_partial_rows(int64_t rows, int cols, DType dtype, int* partial_rows);
 
-// dx = d norm(x_in)/dx . dy (+ ds, the gradient already flowing into s when fused; may be null),
-// with x_in the tensor the forward normalised (x, or s when fused); dweight, dbias (float32,
+// dx = d norm(xs)/dxs . dy (+ ds, the gradient already flowing into s when fused; may be null),
+// with xs the tensor the forward normalised (x, or s when fused); dweight, dbias (float32,
 // cols) reduced deterministically from `partials`. dbias may be null (no bias); mean is null
 // for RMSNorm.
-cudaError_t norm_backward(const void* dy, const void* ds, const void* x_in, const float* weight,
+cudaError_t norm_backward(const void* dy, const void* ds, const void* xs, const float* weight,
                           const float* mean, const float* rstd, void* dx, float* partials, int partial_rows,
                           float* dweight, float* dbias, int64_t rows, int cols, bool rms, DType dtype,
                           cudaStream_t stream);

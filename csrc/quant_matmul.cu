@@ -31,7 +31,7 @@ bool use_gemv(int64_t M, QuantMatmulPath path) {
 bool bad_problem(int64_t M, int64_t N, int64_t K, int bits, int group_size) {
   if (M < 0 || N < 0 || K < 1 || M > INT_MAX || N > INT_MAX || K > INT_MAX / 2) return true;
   if (bits == 8) return group_size != K;
-  return bits != 4 || (group_size != 32 && group_size != 64 && group_size != 128) || K % group_size != 0;
+  return bits != 4 || !one_of(kQuantGroupSizes, group_size) || K % group_size != 0;
 }
 
 }  // namespace

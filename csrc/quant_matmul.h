@@ -24,6 +24,9 @@ enum class QuantMatmulPath { automatic, gemv, tiled };
 
 constexpr int kQuantGemvMaxRows = 16;
 
+// The int4 group sizes (k per scale) the kernels take. mini_llm/ops/checks.py: QUANT_GROUP_SIZES.
+constexpr int kQuantGroupSizes[] = {32, 64, 128};
+
 // Bytes of scratch (float32 split-K partial sums of the GEMV kernel) quant_matmul needs for this
 // problem on the current device; 0 when it needs none. Returns cudaErrorInvalidValue for sizes
 // it cannot handle (anything above INT32_MAX, a bad bits / group size).

@@ -19,7 +19,8 @@ exact fp32 products (slower) so it matches the fp32 reference at ~1e-5.
 
 Public: attention(q, k, v, causal=True, scale=None) (differentiable, op
 mini_llm::triton_attention_fwd with its backward mini_llm::triton_attention_bwd),
-attention_forward(...) -> (o, lse), attention_backward(...) -> (dq, dk, dv).
+attention_forward(...) -> (o, lse), attention_backward(...) -> (dq, dk, dv): the CUDA backend's
+functions, ops and autograd wiring too (mini_llm/ops/kernel_autograd.py).
 Test: pytest -q tests/test_triton_attention.py (interpreted on CPU; -m gpu on a GPU).
 Bench (GPU): python -m mini_llm.kernels.attention [float16]  (TFLOP/s vs PyTorch's flash SDPA).
 """
@@ -31,14 +32,15 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mini_llm.ops.checks import check_attention, fail
+from mini_llm.ops.checks import check_attention, softmax_scale
+from mini_llm.ops.kernel_autograd import attention_fwd_outputs, register_attention_autograd
 
-from .attention_bwd import (LOG2E, SIZES_NOT_SPECIALIZED, attention_backward, autotuned,
-                            blocks_grid, dot_precision, key_split, load_rows, mma, program_block,
-                            seq_bucket, store_rows, strides3)
+from .attention_bwd import (SIZES_NOT_SPECIALIZED, attention_backward, autotuned, blocks_grid,
+                            key_split, load_rows, program_block, seq_bucket, store_rows, strides3)
+from .common import LOG2E, dot_precision, mma
 
 LN2 = tl.constexpr(math.log(2.0))
-FWD_OP = "triton attention"  # how input errors name the op
+FWD_OP = "attention (triton)"  # how input errors name the op
 
 
 @triton.jit
@@ -122,12 +124,11 @@ FWD_KERNELS = autotuned(
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     B, nh, t_q, t_k, hs = check_attention(FWD_OP, q, k, v, causal)
-    if not scale > 0:  # the kernel takes the row max of the unscaled scores
-        fail(FWD_OP, f"scale must be positive, got {scale}")
-    o = torch.empty((B, nh, t_q, hs), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, nh, t_q), dtype=torch.float32, device=q.device)
+    o, lse = attention_fwd_outputs(q)
     if o.numel() == 0:
         return o, lse
+    if scale < 0:  # the kernel takes the row max of the unscaled scores: negate q instead
+        q, scale = -q, -scale
     precision = dot_precision(q.dtype)
     wrap_triton(FWD_KERNELS[precision, hs])[blocks_grid(t_q, "BLOCK_M", B * nh)](
         q, k, v, o, lse, *strides3(q), *strides3(k), *strides3(v),
@@ -138,28 +139,10 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
 
 @_attention_fwd.register_fake
 def _(q, k, v, causal, scale):
-    B, nh, t_q, hs = q.shape
-    return (torch.empty((B, nh, t_q, hs), dtype=q.dtype, device=q.device),
-            torch.empty((B, nh, t_q), dtype=torch.float32, device=q.device))
+    return attention_fwd_outputs(q)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs
-    o, lse = output
-    ctx.mark_non_differentiable(lse)  # saved for the backward, not a result of the math op
-    ctx.save_for_backward(q, k, v, o, lse)
-    ctx.causal, ctx.scale = causal, scale
-
-
-def _backward(ctx, do, _dlse):
-    q, k, v, o, lse = ctx.saved_tensors
-    if do.stride(-1) != 1:  # e.g. the expanded gradient of a .sum(): the kernels read rows
-        do = do.contiguous()
-    dq, dk, dv = attention_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
-
-
-_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_attention_autograd(_attention_fwd, torch.ops.mini_llm.triton_attention_bwd)
 
 
 def attention_forward(q, k, v, causal=True, scale=None):
@@ -168,8 +151,7 @@ def attention_forward(q, k, v, causal=True, scale=None):
     # Checked here too, before the dispatcher picks an implementation by device (a meta
     # tensor among the inputs would route the call to the fake one).
     check_attention(FWD_OP, q, k, v, causal)
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    return torch.ops.mini_llm.triton_attention_fwd(q, k, v, causal, scale)
+    return torch.ops.mini_llm.triton_attention_fwd(q, k, v, causal, softmax_scale(FWD_OP, q.size(-1), scale))
 
 
 def attention(q, k, v, causal=True, scale=None):

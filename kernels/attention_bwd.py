@@ -20,27 +20,26 @@ no query of the tile sees are skipped, fully visible blocks run without a mask, 
 blocks on the diagonal and the ragged ends (Tq, Tk not a multiple of the block) pay for one.
 
 Public: attention_backward(q, k, v, o, lse, do, causal, scale) -> (dq, dk, dv), also as the
-op torch.ops.mini_llm.triton_attention_bwd. The CUDA forward shares it, so the lse convention
-above is the contract. Test: pytest -q tests/test_triton_attention.py (interpreted on CPU);
+op torch.ops.mini_llm.triton_attention_bwd. The CUDA backend's ops have the same schemas
+(mini_llm/ops/kernel_autograd.py), so the lse convention above is the contract of both.
+Test: pytest -q tests/test_triton_attention.py (interpreted on CPU);
 bench: python -m mini_llm.kernels.attention.
 """
 
-import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mini_llm.ops.checks import check_attention_backward
+from mini_llm.ops.checks import check_attention_backward, softmax_scale
+from mini_llm.ops.kernel_autograd import attention_bwd_outputs
+
+from .common import INTERPRETED, LOG2E, dot_precision, mma
 
 # -- shared by the forward and the backward --
 
-LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): exp2 is the GPU's native instruction
-LOG2E_JIT = tl.constexpr(LOG2E)  # the same, readable inside kernels (their globals are constexpr)
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-INTERPRETED_JIT = tl.constexpr(INTERPRETED)
+LOG2E_JIT = tl.constexpr(LOG2E)  # readable inside kernels (their globals are constexpr)
 # Sizes that change per call, not per compiled kernel: Triton would otherwise compile one
 # variant for a length of 1 and one for lengths divisible by 16.
 SIZES_NOT_SPECIALIZED = ["n_heads", "t_q", "t_k", "SEQ_BUCKET"]
@@ -50,12 +49,6 @@ def seq_bucket(t_q, t_k):
     """Autotuning key for the sequence length: the best tile changes with the length only
     by powers of two, so one tuning run serves every length in a bucket."""
     return min(max(triton.next_power_of_2(max(t_q, t_k)), 256), 16384)
-
-
-def dot_precision(dtype):
-    """fp32 inputs multiply exactly ("ieee", CUDA cores) so fp32 matches the reference at ~1e-5;
-    bf16/fp16 go to the tensor cores (the argument only matters for fp32 inputs)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def autotuned(kernel, tiles, fp32_tiles, interpreted_tile):
@@ -73,19 +66,6 @@ def autotuned(kernel, tiles, fp32_tiles, interpreted_tile):
     kernels = {("tf32", hs): tuned(rows) for hs, rows in tiles.items()}
     kernels.update({("ieee", hs): tuned(fp32_tiles) for hs in tiles})
     return kernels
-
-
-@triton.jit
-def mma(a, b, acc, DOT_PRECISION: tl.constexpr):
-    """acc + a @ b, accumulated in fp32 (acc None: a @ b)."""
-    if INTERPRETED_JIT:
-        # The interpreter multiplies bf16's raw uint16 bit patterns in tl.dot (Triton 3.9,
-        # triton-lang/triton#11584). Products of bf16 values are exact in fp32, so widening
-        # first gives what the tensor cores give.
-        if a.dtype == tl.bfloat16:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -290,7 +270,7 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
 # -- launcher and op --
 
-BWD_OP = "triton attention backward"  # how input errors name the op
+BWD_OP = "attention backward (triton)"  # how input errors name the op
 DELTA_BLOCK_M = 16 if INTERPRETED else 64
 # Candidate tiles per head dim, (BLOCK_M, BLOCK_N, num_warps, num_stages), for bf16/fp16: the
 # Triton fused-attention tutorial's choices (dK/dV 32 x 128, dQ 128 x 32, 4 warps, 5 stages) and
@@ -325,9 +305,7 @@ def _attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.T
                    lse: torch.Tensor, do: torch.Tensor, causal: bool, scale: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, nh, t_q, t_k, hs = check_attention_backward(BWD_OP, q, k, v, o, lse, do, causal)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    dq, dk, dv = attention_bwd_outputs(q, k)
     if t_q == 0 or B * nh == 0:  # no query: no gradient flows to any key
         return dq, dk.zero_(), dv.zero_()
     delta = torch.empty((B, nh, t_q), dtype=torch.float32, device=q.device)
@@ -346,9 +324,7 @@ def _attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.T
 
 @_attention_bwd.register_fake
 def _(q, k, v, o, lse, do, causal, scale):
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-            torch.empty(k.shape, dtype=k.dtype, device=k.device),
-            torch.empty(v.shape, dtype=v.dtype, device=v.device))
+    return attention_bwd_outputs(q, k)
 
 
 def attention_backward(q, k, v, o, lse, do, causal, scale=None):
@@ -357,5 +333,5 @@ def attention_backward(q, k, v, o, lse, do, causal, scale=None):
     output's gradient do. q, k, v, o, do may be strided views with a unit last stride; the
     gradients come back contiguous in q's dtype."""
     check_attention_backward(BWD_OP, q, k, v, o, lse, do, causal)  # before dispatch, as forward
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    return torch.ops.mini_llm.triton_attention_bwd(q, k, v, o, lse, do, causal, scale)
+    return torch.ops.mini_llm.triton_attention_bwd(q, k, v, o, lse, do, causal,
+                                                   softmax_scale(BWD_OP, q.size(-1), scale))

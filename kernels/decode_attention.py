@@ -31,9 +31,7 @@ Test: python -m pytest -q tests/test_triton_decode_attention.py   (interpreted w
 Bench: python -m mini_llm.kernels.decode_attention   (GPU: GB/s of K/V read vs SDPA, vs a copy)
 """
 
-import functools
 import math
-import os
 from typing import NamedTuple
 
 import torch
@@ -41,13 +39,14 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mini_llm.ops.checks import check_decode_attention, fail
+from mini_llm.ops.checks import TRITON_DECODE_HEAD_DIMS, check_decode_attention, fail, softmax_scale
 
-OP = "triton decode_attention"
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .common import INTERPRETED, LOG2E, dot_precision, mma, sm_count
+
+OP = "decode_attention (triton)"  # how input errors name the op
 PROGRAMS_PER_SM = 4  # split until the grid holds about this many programs per SM
 MIN_BLOCKS_PER_SPLIT = 2  # a shorter chunk costs more in partial outputs than it saves
-COMBINE_SPLITS = 4 if INTERPRET else 32  # chunks merged per step (few interpreted: tests loop)
+COMBINE_SPLITS = 4 if INTERPRETED else 32  # chunks merged per step (few interpreted: tests loop)
 
 
 class Tiles(NamedTuple):
@@ -63,17 +62,7 @@ def tiles(dtype):
     Interpreted: 16-key blocks, so that small test caches still cross several."""
     if dtype == torch.float32:
         return Tiles(16, 16, 3)
-    return Tiles(16 if INTERPRET else 64, 64, 3)
-
-
-@triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
-    """tl.dot with an fp32 accumulator. WIDEN (interpreter, bf16): the interpreter keeps bf16
-    as raw uint16 and would multiply those bits, so widen to fp32 first (exact for bf16)."""
-    if WIDEN:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
+    return Tiles(16 if INTERPRETED else 64, 64, 3)
 
 
 @triton.jit
@@ -84,7 +73,7 @@ def _decode_split_kernel(
     stride_ob, stride_oh, stride_ot,
     nh, nkv, t_q, group, num_splits, split_size, qk_scale,  # qk_scale = scale * log2(e)
     HS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, WIDEN_DOT: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_bkv = tl.program_id(0)
     split = tl.program_id(1)
@@ -117,7 +106,7 @@ def _decode_split_kernel(
         kv_offs = kv_base + offs_n[:, None] * stride_kt + offs_d[None, :]  # (BLOCK_N, HS)
         k = tl.load(k_ptr + kv_offs, mask=kv_ok[:, None], other=0.0)
         v = tl.load(v_ptr + kv_offs, mask=kv_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), DOT_PRECISION, WIDEN_DOT) * qk_scale  # (BLOCK_M, BLOCK_N)
+        s = mma(q, tl.trans(k), None, DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         s = tl.where(offs_n[None, :] <= last_key[:, None], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # A row may have seen no key of this chunk yet (its query comes before this block):
@@ -126,7 +115,7 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_shift)
         p = tl.exp2(s - m_shift[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, WIDEN_DOT)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, None, DOT_PRECISION)
         m_i = m_new
 
     seen = l_i > 0.0  # false for a row whose query comes before this whole chunk
@@ -179,11 +168,6 @@ def _decode_combine_kernel(
              out.to(out_ptr.dtype.element_ty))
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _q_tile(rows, max_block_m):
     """(BLOCK_M, row blocks) for a q tile of `rows` = group * Tq rows: at least 16 rows
     (tl.dot's minimum), at most max_block_m per program."""
@@ -197,7 +181,7 @@ def plan_splits(programs_per_split, longest, block_n, device, num_splits=None):
     the interpreter), each chunk at least MIN_BLOCKS_PER_SPLIT blocks; or as asked."""
     blocks = triton.cdiv(longest, block_n)
     if num_splits is None:
-        slots = PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" else 8
+        slots = PROGRAMS_PER_SM * sm_count(device.index or 0) if device.type == "cuda" else 8
         num_splits = min(triton.cdiv(slots, programs_per_split), triton.cdiv(blocks, MIN_BLOCKS_PER_SPLIT))
     split_size = triton.cdiv(blocks, max(1, min(num_splits, blocks))) * block_n
     return triton.cdiv(longest, split_size), split_size  # no chunk starts past the longest
@@ -230,17 +214,13 @@ def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                          device=q.device)
     lse_part = torch.empty((B, nh, t_q, num_splits) if not single else (1,), dtype=torch.float32,
                            device=q.device)
-    # fp32 stays exact (IEEE products, not tf32): the tests hold it to 1e-5. (16-bit inputs
-    # ignore the setting.)
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
     wrap_triton(_decode_split_kernel)[(B * nkv, num_splits, row_blocks)](
         q, k_cache, v_cache, cache_lens, out, o_part, lse_part,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        nh, nkv, t_q, group, num_splits, split_size, scale * math.log2(math.e),
-        HS=hs, BLOCK_M=block_m, BLOCK_N=tile.block_n, SINGLE_SPLIT=single, DOT_PRECISION=precision,
-        WIDEN_DOT=INTERPRET and q.dtype == torch.bfloat16,
+        nh, nkv, t_q, group, num_splits, split_size, scale * LOG2E,
+        HS=hs, BLOCK_M=block_m, BLOCK_N=tile.block_n, SINGLE_SPLIT=single, DOT_PRECISION=dot_precision(q.dtype),
         num_warps=4 if block_m <= 32 else 8, num_stages=tile.num_stages,
     )
     if not single:
@@ -265,16 +245,16 @@ def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None, 
     contiguous. num_splits: how many chunks to cut the longest cache length into (default:
     enough to fill the GPU); the answer does not depend on it beyond rounding. longest: the
     longest of cache_lens when the caller knows it; the lengths are then not read back."""
-    longest = check_decode_attention(OP, q, k_cache, v_cache, cache_lens, head_dims=(32, 64, 128),
-                                     longest=longest)
+    longest = check_decode_attention(OP, q, k_cache, v_cache, cache_lens, TRITON_DECODE_HEAD_DIMS, longest,
+                                     num_splits)
     if q.stride(-1) != 1:
         fail(OP, f"q must have stride 1 in its last (head) dim, got strides {q.stride()}")
     if q.numel() == 0:
         return q.new_empty(q.shape)
     if longest is None:  # lengths not read (CUDA graph capture): plan for a full cache
         longest = k_cache.size(2)
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    return _decode_attention(q, k_cache, v_cache, cache_lens, scale, *_plan(q, k_cache, longest, num_splits))
+    return _decode_attention(q, k_cache, v_cache, cache_lens, softmax_scale(OP, q.size(-1), scale),
+                             *_plan(q, k_cache, longest, num_splits))
 
 
 def _bench():

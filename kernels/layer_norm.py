@@ -22,17 +22,18 @@ _norm_bwd_kernel: with xhat = (x - mean) * rstd and g = w * dy, per row
 Registers bound the design: a row lives in registers, 16 elements per thread. Compiled for
 sm_90a (ptxas -v), the forward needs 40-64 registers and never spills up to C = 16384; the
 backward needs ~100-150 up to C = 8192 and spills a little at 16384 for LayerNorm (~200 B per
-thread, RMSNorm ~20 B); beyond 16384 both spill, correct but slower, up to MAX_C.
+thread, RMSNorm ~20 B); beyond 16384 both spill, correct but slower, up to
+TRITON_NORM_MAX_COLS (mini_llm/ops/checks.py).
 
 Both are registered with torch.library.triton_op (mini_llm::triton_layer_norm_fwd / _bwd), with
 fake implementations and autograd, so the public functions below work under autograd and
-torch.compile.
+torch.compile. Their schemas, what the forward saves and the autograd wiring are the CUDA
+backend's too (mini_llm/ops/kernel_autograd.py).
 
 Test:   python -m pytest -q tests/test_triton_layer_norm.py    (CPU: runs TRITON_INTERPRET=1)
 Bench:  python -m mini_llm.kernels.layer_norm                  (GPU: GB/s vs PyTorch and a copy)
 """
 
-import os
 from typing import Optional
 
 import torch
@@ -40,9 +41,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from mini_llm.ops.checks import check_norm, fail
+from mini_llm.ops.checks import TRITON_NORM_MAX_COLS, check_norm, norm_op
+from mini_llm.ops.kernel_autograd import norm_bwd_outputs, norm_fwd_outputs, register_norm_autograd
 
-MAX_C = 65536  # a row lives in one program's registers (see above)
+from .common import INTERPRETED, sm_count
 
 
 @triton.jit
@@ -150,7 +152,7 @@ def _bwd_programs(device, n_rows, rows_per_tile, num_warps):
     (at ~128 registers per thread, 16 warps per SM), so the partial dw/db buffer stays small."""
     n_tiles = triton.cdiv(n_rows, rows_per_tile)
     if device.type == "cuda":
-        slots = torch.cuda.get_device_properties(device).multi_processor_count * max(1, 16 // num_warps)
+        slots = sm_count(device.index or 0) * max(1, 16 // num_warps)
     else:  # interpreter: a few programs, so the tests cover the split and its reduction
         slots = 3
     tiles_per_program = triton.cdiv(n_tiles, max(1, min(n_tiles, slots)))
@@ -164,40 +166,9 @@ def _rows(t, C):
     return t if t.stride(1) == 1 or C == 1 else t.contiguous()
 
 
-def _op_name(delta, rms):
-    return ("add_" if delta is not None else "") + ("rms_norm" if rms else "layer_norm")
-
-
 def _check_fwd(x, delta, weight, bias, rms):
-    op = _op_name(delta, rms)
-    C = check_norm(op, x, weight, bias, delta)
-    if C > MAX_C:
-        fail(op, f"rows of {C} channels are wider than this kernel's limit of {MAX_C} "
-                 f"(a row must fit in one program's registers)")
-    return C
-
-
-def _fwd_outputs(x, delta, rms):
-    """(s, y, mean, rstd); s is empty unless fused, mean empty for RMSNorm."""
-    n_rows = x.numel() // x.size(-1)
-    dtype = x.dtype if delta is None else torch.promote_types(x.dtype, delta.dtype)
-    s = torch.empty(x.shape if delta is not None else (0,), dtype=dtype, device=x.device)
-    y = torch.empty(x.shape, dtype=dtype, device=x.device)
-    mean = torch.empty((0 if rms else n_rows,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((n_rows,), dtype=torch.float32, device=x.device)
-    return s, y, mean, rstd
-
-
-def _bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype):
-    """(dx, ddelta, dw, db); ddelta is empty unless fused with a delta dtype unlike x's
-    (otherwise it equals dx), db empty without a bias."""
-    split = delta_dtype is not None and delta_dtype != x_dtype
-    dx = torch.empty(xs.shape, dtype=x_dtype, device=xs.device)
-    ddelta = torch.empty(xs.shape if split else (0,), dtype=delta_dtype or x_dtype, device=xs.device)
-    dw = torch.empty(weight.shape, dtype=weight.dtype, device=xs.device)
-    db = torch.empty(weight.shape if bias_dtype else (0,), dtype=bias_dtype or weight.dtype,
-                     device=xs.device)
-    return dx, ddelta, dw, db
+    """C; the kernels read mixed dtypes (bf16 delta into an fp32 x), so nothing is cast."""
+    return check_norm(f"{norm_op(delta, rms)} (triton)", x, weight, bias, delta, TRITON_NORM_MAX_COLS)
 
 
 # ---- torch.library ops ----------------------------------------------------------------------
@@ -208,7 +179,7 @@ def _norm_fwd(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tens
               bias: Optional[torch.Tensor], eps: float, rms: bool
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     C = _check_fwd(x, delta, weight, bias, rms)
-    s, y, mean, rstd = _fwd_outputs(x, delta, rms)
+    s, y, mean, rstd = norm_fwd_outputs(x, delta, rms)
     x2, y2 = _rows(x, C), y.view(-1, C)
     d2 = _rows(delta, C) if delta is not None else None
     s2 = s.view(-1, C) if delta is not None else None
@@ -228,7 +199,7 @@ def _norm_fwd(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tens
 @_norm_fwd.register_fake
 def _norm_fwd_fake(x, delta, weight, bias, eps, rms):
     _check_fwd(x, delta, weight, bias, rms)
-    return _fwd_outputs(x, delta, rms)
+    return norm_fwd_outputs(x, delta, rms)
 
 
 @triton_op("mini_llm::triton_layer_norm_bwd", mutates_args=())
@@ -238,7 +209,7 @@ def _norm_bwd(dy: torch.Tensor, ds: Optional[torch.Tensor], xs: torch.Tensor, we
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of x, delta, weight, bias; xs is the input that was normalised (s if fused)."""
     C = xs.size(-1)
-    dx, ddelta, dw, db = _bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype)
+    dx, ddelta, dw, db = norm_bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype)
     xs2, dy2, dx2 = _rows(xs, C), _rows(dy, C), dx.view(-1, C)
     ds2 = _rows(ds, C) if ds is not None else None
     ddelta2 = ddelta.view(-1, C) if ddelta.numel() else None
@@ -264,33 +235,13 @@ def _norm_bwd(dy: torch.Tensor, ds: Optional[torch.Tensor], xs: torch.Tensor, we
 
 @_norm_bwd.register_fake
 def _norm_bwd_fake(dy, ds, xs, weight, mean, rstd, rms, x_dtype, delta_dtype, bias_dtype):
-    return _bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype)
+    return norm_bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype)
 
 
-def _setup_context(ctx, inputs, output):
-    x, delta, weight, bias, eps, rms = inputs
-    s, _, mean, rstd = output
-    ctx.save_for_backward(s if delta is not None else x, weight, mean, rstd)
-    ctx.rms, ctx.x_dtype = rms, x.dtype
-    ctx.delta_dtype = None if delta is None else delta.dtype
-    ctx.bias_dtype = None if bias is None else bias.dtype
+register_norm_autograd(_norm_fwd, _norm_bwd)
 
 
-def _backward(ctx, ds, dy, _dmean, _drstd):
-    xs, weight, mean, rstd = ctx.saved_tensors
-    fused = ctx.delta_dtype is not None
-    dx, ddelta, dw, db = torch.ops.mini_llm.triton_layer_norm_bwd(
-        dy, ds if fused else None, xs, weight, mean, rstd, ctx.rms, ctx.x_dtype, ctx.delta_dtype,
-        ctx.bias_dtype)
-    if fused and ctx.delta_dtype == ctx.x_dtype:
-        ddelta = dx  # s = x + delta passes one gradient to both, as PyTorch's add does
-    return dx, ddelta if fused else None, dw, db if ctx.bias_dtype else None, None, None
-
-
-_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---- public functions (signatures of mini_llm.ops.reference) -------------------------------
+# ---- public functions (the contract of mini_llm/ops/__init__.py) -------------------------
 
 
 def layer_norm(x, weight, bias=None, eps=1e-5):
@@ -352,5 +303,5 @@ def _bench():
                       f"{fwd[1]:7.0f}{100 * fwd[0] / copy:6.0f}%{both[0]:9.0f}{both[1]:7.0f}")
 
 if __name__ == "__main__":
-    assert torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1", "needs a GPU"
+    assert torch.cuda.is_available() and not INTERPRETED, "needs a GPU"
     _bench()

@@ -35,9 +35,6 @@ Test:  python -m pytest -q tests/test_triton_quant_matmul.py   (interpreted with
 Bench: python -m mini_llm.kernels.quant_matmul                 (GPU: GB/s and time vs bf16 torch.matmul)
 """
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -45,8 +42,9 @@ from torch.library import triton_op, wrap_triton
 
 from mini_llm.ops.checks import check_quant_matmul, fail
 
-OP = "triton quant_matmul"
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from .common import INTERPRETED, dot_precision, mma, sm_count
+
+OP = "quant_matmul (triton)"  # how input errors name the op
 GEMV_MAX_M = 16  # up to this many rows of x: the GEMV-shaped kernel
 FMA_MAX_M = 2  # up to this many: CUDA-core multiply-adds, no tensor-core tile
 SPLIT_MIN_BLOCK_N = 16  # the smallest GEMV tile: N / 16 programs per split
@@ -96,7 +94,7 @@ def _quant_matmul_kernel(
     M_BUCKET,  # only an autotuning key: M rounded up to a power of two
     BITS: tl.constexpr, GROUP: tl.constexpr,  # GROUP: int4's group size (unused for int8)
     SPLIT_K: tl.constexpr,  # > 1: K is split across programs that atomically add into fp32 out
-    DOT_PRECISION: tl.constexpr, WIDEN_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Output tile of this program; GROUP_M row tiles are walked together so that the weight
@@ -131,11 +129,7 @@ def _quant_matmul_kernel(
         x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & (offs_k < K)[None, :], other=0.0)
         w = _weight_tile(qw_ptr, scales_ptr, offs_n, n_mask, k0, K, BITS, GROUP, BLOCK_N, BLOCK_K)
         if USE_DOT:  # tensor cores: (BLOCK_M, BLOCK_K) @ (BLOCK_K, BLOCK_N)
-            w_t = tl.trans(w.to(x.dtype))
-            if WIDEN_DOT:  # interpreter: it keeps bf16 as raw bits, so multiply in fp32 (exact)
-                acc = tl.dot(x.to(tl.float32), w_t.to(tl.float32), acc, input_precision=DOT_PRECISION)
-            else:
-                acc = tl.dot(x, w_t, acc, input_precision=DOT_PRECISION)
+            acc = mma(x, tl.trans(w.to(x.dtype)), acc, DOT_PRECISION)
         else:
             acc_k += x.to(tl.float32)[:, None, :] * w[None, :, :]
     if not USE_DOT:
@@ -172,7 +166,7 @@ def _autotuned(names, rows, interpreted_row, key):
     kernel several times: out is zeroed before each run, and before the real one, for the
     atomic adds of split K."""
     configs = [triton.Config(dict(zip(names, row)), num_warps=row[-2], num_stages=row[-1])
-               for row in ([interpreted_row] if INTERPRET else rows)]
+               for row in ([interpreted_row] if INTERPRETED else rows)]
     return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _fits},
                            reset_to_zero=["out_ptr"])(_quant_matmul_kernel)
 
@@ -196,18 +190,13 @@ _gemm = _autotuned(
     (32, 32, 256, 4, 1), key=["M_BUCKET", "N", "K", "BITS", "GROUP", "SPLIT_K"])
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index):
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def plan_split_k(M, N, K, device):
     """How many programs share each row's K: 1 when N / 16 tiles already give every SM a
     program (or M > 16: then the M tiles fill the GPU); else a power of two, each split
     still streaming at least SPLIT_MIN_K of every row."""
     if M > GEMV_MAX_M:
         return 1
-    sms = _sm_count(device.index or 0) if device.type == "cuda" else 4
+    sms = sm_count(device.index or 0) if device.type == "cuda" else 4
     split = 1
     while split * 2 * triton.cdiv(N, SPLIT_MIN_BLOCK_N) <= sms and split * 2 * SPLIT_MIN_K <= K:
         split *= 2
@@ -229,8 +218,7 @@ def _quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     if M == 0:
         return out.to(x.dtype)
     common = dict(BITS=bits, GROUP=group_size if bits == 4 else 0, SPLIT_K=split_k,
-                  DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-                  WIDEN_DOT=INTERPRET and x.dtype == torch.bfloat16)
+                  DOT_PRECISION=dot_precision(x.dtype))
     args = (x, qweight, scales, out, M, N, K, x.stride(0), triton.next_power_of_2(M))
 
     def grid(meta):
@@ -264,7 +252,7 @@ def quant_matmul(x, qweight, scales, group_size, *, split_k=None):
 if __name__ == "__main__":
     # Time on a GPU against what a user would otherwise run: torch.matmul with a bf16 weight.
     # GB/s counts the bytes the op must move: the stored weight (+ scales), x and the output.
-    assert torch.cuda.is_available() and not INTERPRET, "needs a GPU"
+    assert torch.cuda.is_available() and not INTERPRETED, "needs a GPU"
     from triton.testing import do_bench
 
     from mini_llm.ops.quant_format import dequantize, quantize

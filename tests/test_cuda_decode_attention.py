@@ -137,8 +137,8 @@ def test_wrapper_rejects_bad_inputs():
         cuda_da.decode_attention(q, k, v, torch.tensor([1], dtype=torch.int32, device="cuda"))
     with pytest.raises(KernelInputError, match="cache_lens must be an int32"):
         cuda_da.decode_attention(q, k, v, cache_lens.long())
-    with pytest.raises(KernelInputError, match="num_splits must be >= 0"):
-        cuda_da.decode_attention(q, k, v, cache_lens, num_splits=-1)
+    with pytest.raises(KernelInputError, match="num_splits must be an int >= 1"):
+        cuda_da.decode_attention(q, k, v, cache_lens, num_splits=0)
 
 
 @gpu

@@ -16,6 +16,7 @@ import torch
 from kernel_check import assert_matches
 from mini_llm.errors import KernelInputError
 from mini_llm.ops import reference
+from mini_llm.ops.checks import CUDA_NORM_MAX_COLS
 from mini_llm.ops.cuda import layer_norm as cuda_ln
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -74,22 +75,22 @@ def test_binding_rejects_cpu_tensors(cuda_ext):
     x = torch.randn(3, 40)
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor, got one on cpu"):
         cuda_ext.norm_forward(x, None, torch.ones(40), None, 1e-5, False, 0)
-    with pytest.raises(RuntimeError, match="x_in must be a CUDA tensor, got one on cpu"):
-        cuda_ext.norm_backward(x, None, x, torch.ones(40), None, torch.ones(3), False, True, 0)
+    with pytest.raises(RuntimeError, match="xs must be a CUDA tensor, got one on cpu"):
+        cuda_ext.norm_backward(x, None, x, torch.ones(40), None, torch.ones(3), True, False, 0)
 
 
 def test_wrappers_reject_bad_inputs_before_building_anything():
     x, w = torch.randn(2, 8), torch.ones(8)
-    with pytest.raises(KernelInputError, match="layer_norm: inputs must be CUDA tensors"):
+    with pytest.raises(KernelInputError, match=r"layer_norm \(cuda\): inputs must be CUDA tensors"):
         cuda_ln.layer_norm(x, w)
-    with pytest.raises(KernelInputError, match=r"rms_norm: weight must have shape \(8,\)"):
+    with pytest.raises(KernelInputError, match=r"rms_norm \(cuda\): weight must have shape \(8,\)"):
         cuda_ln.rms_norm(x, torch.ones(7))
-    with pytest.raises(KernelInputError, match=r"add_layer_norm: delta \(2, 4\) must have the shape of x"):
+    with pytest.raises(KernelInputError, match=r"add_layer_norm \(cuda\): delta \(2, 4\) must have the shape"):
         cuda_ln.add_layer_norm(x, torch.randn(2, 4), w)
-    with pytest.raises(KernelInputError, match="add_rms_norm: x has dtype torch.int64"):
+    with pytest.raises(KernelInputError, match=r"add_rms_norm \(cuda\): x has dtype torch.int64"):
         cuda_ln.add_rms_norm(x.long(), x, w)
-    with pytest.raises(KernelInputError, match="wider than the CUDA kernel's limit of 8192"):
-        cuda_ln.layer_norm(torch.randn(2, 8193), torch.ones(8193))
+    with pytest.raises(KernelInputError, match=f"wider than this kernel's limit of {CUDA_NORM_MAX_COLS}"):
+        cuda_ln.layer_norm(torch.randn(2, CUDA_NORM_MAX_COLS + 1), torch.ones(CUDA_NORM_MAX_COLS + 1))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -174,8 +175,13 @@ def test_opcheck(variant):
     """torch.library.opcheck: schema, fake implementation, autograd registration."""
     x, delta, weight, bias = _inputs((8, 64), torch.float16, variant, param_dtype=torch.float32)
     x.requires_grad_(), weight.requires_grad_()
-    torch.library.opcheck(torch.ops.mini_llm.cuda_layer_norm_fwd.default,
-                          (x, delta, weight, bias, 1e-5, "rms" in variant))
+    rms = "rms" in variant
+    torch.library.opcheck(torch.ops.mini_llm.cuda_layer_norm_fwd.default, (x, delta, weight, bias, 1e-5, rms))
+    s, _, mean, rstd = torch.ops.mini_llm.cuda_layer_norm_fwd(x, delta, weight, bias, 1e-5, rms)
+    xs, dy = (s if delta is not None else x).detach(), torch.randn_like(x)
+    torch.library.opcheck(torch.ops.mini_llm.cuda_layer_norm_bwd.default,
+                          (dy, dy if delta is not None else None, xs, weight.detach(), mean, rstd, rms, x.dtype,
+                           None if delta is None else delta.dtype, None if bias is None else bias.dtype))
 
 
 @pytest.mark.gpu

@@ -73,8 +73,11 @@ def test_output_and_gradients_match_reference(B, nh, t_q, t_k, hs, dtype, causal
     assert_all_match(got, want)
 
 
-def test_custom_scale():
-    got, want = triton_and_reference(*make_qkv(1, 1, 17, 40, 64, F32), True, scale=0.3)
+@pytest.mark.parametrize("scale", [0.3, -0.2])
+def test_custom_scale(scale):
+    """A scale other than 1/sqrt(hs); a negative one flips which score is each row's maximum
+    (the forward then runs on -q: the kernel takes the row max of the unscaled scores)."""
+    got, want = triton_and_reference(*make_qkv(1, 1, 17, 40, 64, F32), True, scale=scale)
     assert_all_match(got, want)
 
 
@@ -196,9 +199,9 @@ def test_bad_inputs_are_refused_before_launch(name):
         fa.attention(*make(*valid_qkv()), causal)
 
 
-@pytest.mark.parametrize("scale", [0.0, -0.5, math.nan])
-def test_scale_must_be_positive(scale):
-    with pytest.raises(KernelInputError, match="scale must be positive"):
+@pytest.mark.parametrize("scale", [math.inf, math.nan])
+def test_scale_must_be_finite(scale):
+    with pytest.raises(KernelInputError, match="scale must be finite"):
         fa.attention(*valid_qkv(), True, scale)
 
 

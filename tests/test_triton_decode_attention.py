@@ -113,6 +113,7 @@ BAD_INPUTS = {
                       "k_cache must be contiguous"),
     "strided head dim": (dict(q=lambda a: a["q"].transpose(2, 3).contiguous().transpose(2, 3)),
                          "q must have stride 1 in its last"),
+    "no splits": (dict(num_splits=lambda a: 0), "num_splits must be an int >= 1"),
 }
 
 

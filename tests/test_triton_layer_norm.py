@@ -13,6 +13,7 @@ import torch
 from kernel_check import DEVICE, assert_matches
 from mini_llm.errors import KernelInputError
 from mini_llm.ops import reference
+from mini_llm.ops.checks import TRITON_NORM_MAX_COLS
 
 ln = pytest.importorskip("mini_llm.kernels.layer_norm")
 
@@ -161,13 +162,13 @@ def _bad_inputs():
     def r(*shape):
         return torch.randn(*shape, device=DEVICE)
 
-    x, w, wide = r(4, 8), r(8), ln.MAX_C + 1
+    x, w, wide = r(4, 8), r(8), TRITON_NORM_MAX_COLS + 1
     return [
-        (lambda: ln.layer_norm(x.int(), w), "layer_norm: x has dtype torch.int32"),
-        (lambda: ln.rms_norm(x, w.double()), "rms_norm: weight has dtype torch.float64"),
+        (lambda: ln.layer_norm(x.int(), w), "layer_norm (triton): x has dtype torch.int32"),
+        (lambda: ln.rms_norm(x, w.double()), "rms_norm (triton): weight has dtype torch.float64"),
         (lambda: ln.layer_norm(x, r(7)), "weight must have shape (8,) to match x (4, 8), got (7,)"),
         (lambda: ln.layer_norm(x, w, r(8, 1)), "bias must have shape (8,)"),
-        (lambda: ln.add_rms_norm(x, x[:3], w), "add_rms_norm: delta (3, 8) must have the shape of x (4, 8)"),
+        (lambda: ln.add_rms_norm(x, x[:3], w), "add_rms_norm (triton): delta (3, 8) must have the shape of x (4, 8)"),
         (lambda: ln.layer_norm(r(8, 4).t(), w), "x must be contiguous in its last dim"),
         (lambda: ln.add_layer_norm(x, r(8, 4).t(), w), "delta must be contiguous in its last dim"),
         (lambda: ln.layer_norm(r(4, 0), r(0)), "C >= 1"),
@@ -187,7 +188,7 @@ def test_bad_inputs_raise(case):
 @pytest.mark.skipif(DEVICE == "cuda", reason="CPU tensors are valid only in the interpreter")
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # read by the check at call time
-    with pytest.raises(KernelInputError, match="layer_norm: inputs must be CUDA tensors"):
+    with pytest.raises(KernelInputError, match=r"layer_norm \(triton\): inputs must be CUDA tensors"):
         ln.layer_norm(torch.randn(2, 8), torch.randn(8))
 
 

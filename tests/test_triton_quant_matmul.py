@@ -130,7 +130,7 @@ def test_bad_inputs_raise(case):
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # read by the check at call time
     x, qweight, scales, g = make(2, 8, 128, 8, None, torch.float32)
-    with pytest.raises(KernelInputError, match="quant_matmul: inputs must be CUDA tensors"):
+    with pytest.raises(KernelInputError, match=r"quant_matmul \(triton\): inputs must be CUDA tensors"):
         qm.quant_matmul(x, qweight, scales, g)
 
 

@@ -6,6 +6,34 @@
         y = ops.layer_norm(x, w, b)              # the from-scratch reference
 
 See registry.py for the selection strings (`--kernels`, MINI_LLM_KERNELS).
+
+The kernel backends' contract. Each op's Triton (kernels/<op>.py) and CUDA
+(mini_llm/ops/cuda/<op>.py) entry point has the signature of the function of that name below
+and returns what it returns (tests/test_op_contracts.py checks both):
+
+    op                returns                          autograd   torch.library ops, <b> = triton | cuda
+    layer_norm        y                                yes        <b>_layer_norm_fwd, <b>_layer_norm_bwd
+    rms_norm          y                                yes          (the same two, rms=True)
+    add_layer_norm    (x + delta, norm(x + delta))     yes          (the same two, with delta)
+    add_rms_norm      (x + delta, norm(x + delta))     yes          (the same two, with delta, rms=True)
+    attention         o (B, nh, Tq, hs)                yes        <b>_attention_fwd, <b>_attention_bwd
+    decode_attention  o (B, nh, Tq, hs)                no         <b>_decode_attention
+    quant_matmul      (..., N)                         no         <b>_quant_matmul
+
+- Both attention modules also have attention_forward(q, k, v, causal=True, scale=None) ->
+  (o, lse) and attention_backward(q, k, v, o, lse, do, causal, scale=None) -> (dq, dk, dv); lse
+  is float32 (B, nh, Tq), the natural-log logsumexp of the visible scale * q.k.
+- The differentiable ops' schemas, what their forward saves and how their backward is called
+  are one copy for both backends: kernel_autograd.py.
+- The inference ops' schemas take the public arguments, then the backend's plan: Triton decode
+  (num_splits, split_size) as planned, CUDA decode num_splits as asked (0: automatic); Triton
+  quant split_k, CUDA quant path.
+- Keyword-only arguments after the public ones are tuning knobs, for tests and benchmarks:
+  num_splits (decode, both; None: automatic), split_k (Triton quant), path (CUDA quant).
+- scale: 1 / sqrt(hs) when None, else any finite float. Outputs are contiguous, in the inputs'
+  dtype (the fused norms: the promoted dtype of x and delta; gradients: each input's dtype).
+- Inputs are checked before any launch (checks.py), errors naming the op as "<op> (<backend>)";
+  the limits that differ by backend (norm width, decode head dims) are named there, once.
 """
 
 import importlib

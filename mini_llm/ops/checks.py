@@ -1,12 +1,31 @@
 """Input checks shared by the Triton launchers and the CUDA wrappers: each raises a
 KernelInputError that names the argument and what was expected, before any launch.
-(The CUDA binding, csrc/bindings.cpp, repeats the tensor checks in C++ for direct callers.)"""
+(The CUDA binding, csrc/bindings.cpp, repeats the tensor checks in C++ for direct callers.)
+
+The kernels' limits are named here, once; each backend passes its own to the checks. The CUDA
+ones are also C++ constants in csrc/<op>.h (named beside each), which
+tests/test_op_contracts.py reads and holds equal to these.
+"""
+
+import math
+import os
 
 import torch
 
 from ..errors import KernelInputError
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# The widest norm row: a row lives in one program's (Triton) or one block's (CUDA) registers.
+TRITON_NORM_MAX_COLS = 65536  # kernels/layer_norm.py: spills past 16384, correct but slower
+CUDA_NORM_MAX_COLS = 8192  # kNormMaxCols: 512 threads x 16 elements (csrc/layer_norm.cu)
+# The head dims the kernels are compiled for.
+ATTENTION_HEAD_DIMS = (32, 64, 128)  # both backends; kAttentionHeadDims
+TRITON_DECODE_HEAD_DIMS = (32, 64, 128)
+CUDA_DECODE_HEAD_DIMS = (64, 128)  # kDecodeHeadDims
+# The quantized weight formats (mini_llm/quant.py), both backends.
+QUANT_BITS = (4, 8)
+QUANT_GROUP_SIZES = (32, 64, 128)  # int4 (kQuantGroupSizes); int8 has one scale per output channel
 
 
 def fail(op, message):
@@ -40,8 +59,6 @@ def check_contiguous(op, **tensors):
 
 def kernel_device(op, t, interpreted_ok=True):
     """The device a kernel runs on: a CUDA tensor's, or the CPU when Triton is interpreted."""
-    import os
-
     if t.is_cuda or (interpreted_ok and os.environ.get("TRITON_INTERPRET") == "1"):
         return t.device
     fail(op, f"inputs must be CUDA tensors, got one on {t.device}")
@@ -50,16 +67,25 @@ def kernel_device(op, t, interpreted_ok=True):
 # -- layer_norm / rms_norm --
 
 
-def check_norm(op, x, weight, bias=None, delta=None):
-    """x: (..., C) float with its last dim contiguous (any layout of the leading dims);
-    weight, bias: (C,); delta (the fused residual ops): x's shape. Dtypes may differ (bf16 x
-    with fp32 weight, fp32 x with bf16 delta under autocast). Returns C."""
+def norm_op(delta, rms):
+    """The public name of the norm op a call is: layer_norm, rms_norm or their add_ forms."""
+    return ("add_" if delta is not None else "") + ("rms_norm" if rms else "layer_norm")
+
+
+def check_norm(op, x, weight, bias, delta, max_cols):
+    """x: (..., C) float with its last dim contiguous (any layout of the leading dims),
+    1 <= C <= max_cols (the backend's *_NORM_MAX_COLS); weight, bias: (C,); delta (the fused
+    residual ops): x's shape. Dtypes may differ (bf16 x with fp32 weight, fp32 x with bf16 delta
+    under autocast). Returns C."""
     device = kernel_device(op, x)
     check_device(op, device, x=x, delta=delta, weight=weight, bias=bias)
     check_dtype(op, x=x, delta=delta, weight=weight, bias=bias)
     if x.dim() == 0 or x.size(-1) == 0:
         fail(op, f"x must be (..., C) with C >= 1, got shape {tuple(x.shape)}")
     C = x.size(-1)
+    if C > max_cols:
+        fail(op, f"rows of {C} channels are wider than this kernel's limit of {max_cols} "
+                 f"(a row must fit in the registers of one program or block)")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and tuple(t.shape) != (C,):
             fail(op, f"{name} must have shape ({C},) to match x {tuple(x.shape)}, got {tuple(t.shape)}")
@@ -73,7 +99,16 @@ def check_norm(op, x, weight, bias=None, delta=None):
 # -- attention --
 
 
-def check_attention(op, q, k, v, causal, head_dims=(32, 64, 128)):
+def softmax_scale(op, head_dim, scale):
+    """The attention ops' scale as a float: 1 / sqrt(head_dim) when None; any finite value
+    (a negative one flips which key each query favours)."""
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        fail(op, f"scale must be finite, got {scale}")
+    return scale
+
+
+def check_attention(op, q, k, v, causal, head_dims=ATTENTION_HEAD_DIMS):
     """q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs), one float dtype, on the kernel's device; each
     may be a strided view (e.g. a .transpose(1, 2) of (B, T, nh, hs)) as long as its last dim
     has stride 1. With causal, the queries are the last Tq of the Tk positions, so Tq <= Tk.
@@ -103,7 +138,7 @@ def check_attention(op, q, k, v, causal, head_dims=(32, 64, 128)):
     return B, nh, t_q, t_k, hs
 
 
-def check_attention_backward(op, q, k, v, o, lse, do, causal, head_dims=(32, 64, 128)):
+def check_attention_backward(op, q, k, v, o, lse, do, causal, head_dims=ATTENTION_HEAD_DIMS):
     """check_attention's rules, plus o and do shaped like q in q's dtype (o may be strided like
     q, last-dim stride 1) and lse float32 (B, nh, Tq) contiguous: the natural-log logsumexp
     over the visible keys of scale * q.k, as the forward saved it."""
@@ -123,9 +158,11 @@ def check_attention_backward(op, q, k, v, o, lse, do, causal, head_dims=(32, 64,
 # -- decode_attention --
 
 
-def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 128), longest=None):
-    """q: (B, nh, Tq, hs); k_cache, v_cache: (B, nkv, Tmax, hs) with nh % nkv == 0;
-    cache_lens: (B,) int32, each in [Tq, Tmax]. Checking the lengths reads them back: one
+def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims, longest=None, num_splits=None):
+    """q: (B, nh, Tq, hs), hs in head_dims (the backend's *_DECODE_HEAD_DIMS); k_cache,
+    v_cache: (B, nkv, Tmax, hs) with nh % nkv == 0;
+    cache_lens: (B,) int32, each in [Tq, Tmax]; num_splits (how many chunks to cut each cache
+    into; None: the kernel's choice) >= 1. Checking the lengths reads them back: one
     device sync, skipped while a CUDA graph is being captured, and skipped when the caller
     passes `longest`, the longest length, known on the host (the KV cache knows it: a decode
     step then syncs nowhere). Returns the longest length (a kernel may size its work by it), or
@@ -150,6 +187,8 @@ def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 1
     if cache_lens.dim() != 1 or cache_lens.numel() != B or cache_lens.dtype != torch.int32:
         fail(op, f"cache_lens must be an int32 tensor of shape ({B},), got {cache_lens.dtype} "
                  f"{tuple(cache_lens.shape)}")
+    if num_splits is not None and not (isinstance(num_splits, int) and num_splits >= 1):
+        fail(op, f"num_splits must be an int >= 1 (None: automatic), got {num_splits!r}")
     if longest is not None:
         if not t_q <= longest <= t_max:
             fail(op, f"longest {longest} must lie in [{t_q}, {t_max}]")
@@ -163,9 +202,6 @@ def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims=(64, 1
     return longest
 
 # -- quant_matmul --
-
-QUANT_BITS = (4, 8)
-QUANT_GROUP_SIZES = (32, 64, 128)  # int4; int8 has one scale per output channel (group = K)
 
 
 def check_quant_weight(op, qweight, scales, group_size):

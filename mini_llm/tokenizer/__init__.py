@@ -7,7 +7,7 @@ Read in this order:
   train.py        training on a text: parallel counting, then the merge loop
   tokenizer.py    the Tokenizer: encode, decode, encode_iterable, save / load
   gpt2_format.py  GPT-2's encoder.json and vocab.bpe
-  backends.py     the pure-Python hot loops or the C++ core (csrc/bpe_core.cpp), same results
+  backends.py     the pure-Python hot loops or the C++ core (csrc/tokenizer/bpe_core.cpp), same results
   char.py         the character tokenizer, the default when no BPE tokenizer is given
 
     from mini_llm.tokenizer import Tokenizer, train_bpe

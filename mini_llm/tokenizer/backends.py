@@ -1,7 +1,7 @@
 """Two implementations of the tokenizer's hot loops behind one interface:
 
   "python"  pretokenize.py, encoder.py, trainer.py: the readable reference
-  "cpp"     the C++ core, mini_llm.tokenizer._bpe_core (csrc/bpe_core.cpp), built by
+  "cpp"     the C++ core, mini_llm.tokenizer._bpe_core (csrc/tokenizer/bpe_core.cpp), built by
             `pip install -e .` where a C++ compiler is found
   "auto"    cpp where it was built, python otherwise
 

@@ -3,7 +3,7 @@
 Each piece from the pre-tokenizer starts as its UTF-8 bytes, one token per byte; then, again and
 again, the adjacent pair whose merge was learned earliest (lowest rank) is merged, the leftmost
 one where that pair occurs several times, until no adjacent pair has a merge. The C++ core
-(csrc/bpe_core.cpp) does the same; tests check that both give the same ids.
+(csrc/tokenizer/bpe_core.cpp) does the same; tests check that both give the same ids.
 
 Text repeats its words, so a cache from piece to ids does most of the work: on English prose
 nearly every piece after the first few thousand is a cache hit.

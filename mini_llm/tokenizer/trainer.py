@@ -7,7 +7,7 @@ pairs around each merge change count. A heap keeps the most frequent pair on top
 count has changed since they were pushed are stale and skipped when popped (lazy deletion).
 
 Ties between equally frequent pairs go to the lexicographically greatest pair of byte strings
-(as GPT-2-style trainers do), so training is deterministic. The C++ core (csrc/bpe_core.cpp)
+(as GPT-2-style trainers do), so training is deterministic. The C++ core (csrc/tokenizer/bpe_core.cpp)
 does the same, step for step; tests check they agree.
 """
 

@@ -6,8 +6,10 @@ comment walks through the tiling), the backward in attention_bwd.cu (also tensor
 kernel and a dk/dv kernel, no atomics), and a simple exact-float32 path for float32 inputs in
 attention_fp32.cu. This file checks the inputs and registers both directions with torch.library
 (ops mini_llm::cuda_attention_fwd / mini_llm::cuda_attention_bwd), so the op runs under autograd
-and torch.compile. The forward saves lse (float32 (B, nh, Tq), natural-log logsumexp of the
-visible scale * q.k), the same convention as the Triton kernels.
+and torch.compile. Public: attention, attention_forward -> (o, lse), attention_backward ->
+(dq, dk, dv), with the Triton backend's signatures, op schemas and autograd wiring
+(mini_llm/ops/kernel_autograd.py): the forward saves lse (float32 (B, nh, Tq), natural-log
+logsumexp of the visible scale * q.k).
 
 Inputs may be strided views (e.g. the model's .transpose(1, 2) of (B, T, nh, hs)) as long as the
 head dim has stride 1; a view whose other strides or start the kernels cannot copy in 16-byte
@@ -16,14 +18,14 @@ pieces is copied first. Outputs and gradients come back contiguous.
     pytest -q tests/test_cuda_attention.py        # reference checks run with -m gpu on a GPU
 """
 
-import math
-
 import torch
 
-from ..checks import check_attention, fail, kernel_device
+from ..checks import check_attention, check_attention_backward, kernel_device, softmax_scale
+from ..kernel_autograd import attention_bwd_outputs, attention_fwd_outputs, register_attention_autograd
 from . import load
 
-OP = "attention (cuda)"
+OP = "attention (cuda)"  # how input errors name the op
+BWD_OP = "attention backward (cuda)"
 
 
 def _stream(t):
@@ -45,60 +47,55 @@ def _kernel_ready(t):
 @torch.library.custom_op("mini_llm::cuda_attention_fwd", mutates_args=())
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    B, nh, t_q, hs = q.shape
-    out = torch.empty(B, nh, t_q, hs, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, nh, t_q, dtype=torch.float32, device=q.device)
-    load().attention_forward(q, k, v, out, lse, causal, scale, _stream(q))
-    return out, lse
+    o, lse = attention_fwd_outputs(q)
+    load().attention_forward(q, k, v, o, lse, causal, scale, _stream(q))
+    return o, lse
 
 
 @_attention_fwd.register_fake
 def _(q, k, v, causal, scale):
-    B, nh, t_q, hs = q.shape
-    return q.new_empty(B, nh, t_q, hs), q.new_empty(B, nh, t_q, dtype=torch.float32)
+    return attention_fwd_outputs(q)
 
 
 @torch.library.custom_op("mini_llm::cuda_attention_bwd", mutates_args=())
-def _attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                   dout: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=q.dtype, device=q.device)
-    dv = torch.empty(k.shape, dtype=q.dtype, device=q.device)
-    load().attention_backward(q, k, v, out, lse, dout, dq, dk, dv, causal, scale, _stream(q))
+def _attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                   do: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = attention_bwd_outputs(q, k)
+    do = _kernel_ready(do)  # any view autograd hands over (e.g. stride 0 after a .sum())
+    load().attention_backward(q, k, v, o, lse, do, dq, dk, dv, causal, scale, _stream(q))
     return dq, dk, dv
 
 
 @_attention_bwd.register_fake
-def _(q, k, v, out, lse, dout, causal, scale):
-    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(k.shape)
+def _(q, k, v, o, lse, do, causal, scale):
+    return attention_bwd_outputs(q, k)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.causal, ctx.scale = causal, scale
-    ctx.mark_non_differentiable(lse)  # saved for the backward, not a result of the math op
+def attention_forward(q, k, v, causal=True, scale=None):
+    """(o, lse): the output (B, nh, Tq, hs), contiguous in q's dtype, and the float32 (B, nh, Tq)
+    natural-log logsumexp of the visible scale * q.k that attention_backward takes."""
+    kernel_device(OP, q, interpreted_ok=False)
+    check_attention(OP, q, k, v, causal)
+    return _attention_fwd(_kernel_ready(q), _kernel_ready(k), _kernel_ready(v), bool(causal),
+                          softmax_scale(OP, q.size(-1), scale))
 
 
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse = ctx.saved_tensors
-    # dout may be any view autograd hands over (e.g. stride 0 after a .sum()).
-    dq, dk, dv = _attention_bwd(q, k, v, out, lse, _kernel_ready(dout), ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+def attention_backward(q, k, v, o, lse, do, causal, scale=None):
+    """Gradients (dq, dk, dv) of attention(q, k, v, causal, scale) given its output o, its saved
+    lse (float32 (B, nh, Tq)) and the output's gradient do; they come back contiguous in q's
+    dtype."""
+    kernel_device(BWD_OP, q, interpreted_ok=False)
+    check_attention_backward(BWD_OP, q, k, v, o, lse, do, causal)
+    q, k, v, o = (_kernel_ready(t) for t in (q, k, v, o))
+    return _attention_bwd(q, k, v, o, lse, do, bool(causal), softmax_scale(BWD_OP, q.size(-1), scale))
 
 
-_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_attention_autograd(_attention_fwd, _attention_bwd)
 
 
 def attention(q, k, v, causal=True, scale=None):
     """softmax(q k^T * scale + mask) v, as mini_llm.ops.reference.attention: q (B, nh, Tq, hs),
     k and v (B, nh, Tk, hs) on one GPU, bf16 / fp16 (tensor cores) or fp32 (exact, slower), head
-    dim 32, 64 or 128, any lengths (Tk >= 1); causal is bottom-right aligned (Tq <= Tk).
-    Differentiable; returns (B, nh, Tq, hs) in q's dtype."""
-    kernel_device(OP, q, interpreted_ok=False)
-    check_attention(OP, q, k, v, causal)
-    if k.size(2) == 0:
-        fail(OP, "k and v must hold at least one position (Tk >= 1)")
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    return _attention_fwd(_kernel_ready(q), _kernel_ready(k), _kernel_ready(v), bool(causal), scale)[0]
+    dim in ATTENTION_HEAD_DIMS (mini_llm/ops/checks.py), any lengths (Tk >= 1); causal is
+    bottom-right aligned (Tq <= Tk). Differentiable; returns (B, nh, Tq, hs) in q's dtype."""
+    return attention_forward(q, k, v, causal, scale)[0]

@@ -7,14 +7,12 @@ it runs under torch.compile too. Inference only: no autograd.
     pytest tests/test_cuda_decode_attention.py          # against the float64 reference (GPU)
 """
 
-import math
-
 import torch
 
-from ..checks import check_decode_attention, fail, kernel_device
+from ..checks import CUDA_DECODE_HEAD_DIMS, check_decode_attention, kernel_device, softmax_scale
 from . import load
 
-OP = "decode_attention (cuda)"
+OP = "decode_attention (cuda)"  # how input errors name the op
 
 
 @torch.library.custom_op("mini_llm::cuda_decode_attention", mutates_args=())
@@ -31,19 +29,18 @@ def _(q, k_cache, v_cache, cache_lens, scale, num_splits):
     return torch.empty_like(q)
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None, *, num_splits=0):
+def decode_attention(q, k_cache, v_cache, cache_lens, scale=None, longest=None, *, num_splits=None):
     """softmax(scale * q k^T + causal mask) v per sequence, as mini_llm.ops.reference.decode_attention.
 
     q: (B, nh, Tq, hs), the newest Tq positions of each sequence (any strides); k_cache, v_cache:
-    (B, nkv, Tmax, hs) contiguous, nh % nkv == 0, hs 64 or 128; cache_lens: (B,) int32, each
-    sequence's filled length counting the Tq new positions. num_splits (for tests and tuning):
-    0 cuts each cache so the GPU is full, n > 0 into at most n pieces. Returns (B, nh, Tq, hs)
+    (B, nkv, Tmax, hs) contiguous, nh % nkv == 0, hs in CUDA_DECODE_HEAD_DIMS
+    (mini_llm/ops/checks.py); cache_lens: (B,) int32, each sequence's filled length counting the
+    Tq new positions. num_splits (for tests and tuning): None cuts each cache so the GPU is
+    full, n >= 1 into at most n pieces. Returns (B, nh, Tq, hs)
     in q's dtype. longest: the longest of cache_lens if known on the host (no read-back then;
     the kernel plans its splits from Tmax either way).
     """
     kernel_device(OP, q, interpreted_ok=False)
-    check_decode_attention(OP, q, k_cache, v_cache, cache_lens, longest=longest)
-    if num_splits < 0:
-        fail(OP, f"num_splits must be >= 0 (0: automatic), got {num_splits}")
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
-    return _decode_attention(q.contiguous(), k_cache, v_cache, cache_lens, scale, int(num_splits))
+    check_decode_attention(OP, q, k_cache, v_cache, cache_lens, CUDA_DECODE_HEAD_DIMS, longest, num_splits)
+    return _decode_attention(q.contiguous(), k_cache, v_cache, cache_lens, softmax_scale(OP, q.size(-1), scale),
+                             num_splits or 0)  # the binding's 0: automatic

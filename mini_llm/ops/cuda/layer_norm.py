@@ -2,18 +2,20 @@
 and fused with the residual add (s = x + delta; y = norm(s)).
 
 Two custom ops (torch.library.custom_op, with fake implementations and autograd) serve all four
-public functions:
+public functions, with the Triton backend's schemas and autograd wiring
+(mini_llm/ops/kernel_autograd.py):
 
     mini_llm::cuda_layer_norm_fwd(x, delta?, weight, bias?, eps, rms) -> (s, y, mean, rstd)
-    mini_llm::cuda_layer_norm_bwd(dy, ds?, x_in, weight, mean, rstd, has_bias, rms) -> (dx, dweight, dbias)
+    mini_llm::cuda_layer_norm_bwd(dy, ds?, xs, weight, mean, rstd, rms, x_dtype, delta_dtype?,
+                                  bias_dtype?) -> (dx, ddelta, dw, db)
 
-on 2-D contiguous (rows, C) tensors of one dtype, float32 weight / bias; s is empty unless fused,
-mean empty for RMSNorm. The public functions reshape (..., C) to (rows, C) and make the dtypes
-agree outside the ops, so autograd handles those casts: weight and bias are cast to float32 (C
-elements: negligible), and when delta's dtype differs from x's (under bf16 autocast the
-residual stream x is float32 and delta bfloat16) both are cast to the promoted dtype first,
-which costs one extra elementwise pass over the narrower one; the Triton kernel reads mixed
-dtypes directly instead.
+Unlike the Triton kernels, these take 2-D contiguous (rows, C) tensors of one dtype and float32
+weight / bias: the public functions reshape (..., C) to (rows, C) and make the dtypes agree
+outside the ops, so autograd handles those casts. weight and bias are cast to float32 (C
+elements: negligible); when delta's dtype differs from x's (under bf16 autocast the residual
+stream x is float32 and delta bfloat16) both are cast to the promoted dtype first, which costs
+one extra elementwise pass over the narrower one, where the Triton kernel reads mixed dtypes
+directly. So here delta_dtype is always x_dtype, and ddelta always empty (delta's gradient is dx).
 
 Test:  python -m pytest -q tests/test_cuda_layer_norm.py      (the full grid needs a GPU)
 Bench: ./build/layer_norm (csrc/standalone/layer_norm.cu), or `mini-llm bench` for the ops.
@@ -23,10 +25,9 @@ from typing import Optional
 
 import torch
 
-from ..checks import check_norm, fail, kernel_device
+from ..checks import CUDA_NORM_MAX_COLS, check_norm, kernel_device, norm_op
+from ..kernel_autograd import norm_bwd_outputs, norm_fwd_outputs, register_norm_autograd
 from . import load
-
-MAX_COLS = 8192  # kNormMaxCols in csrc/layer_norm.h: a row lives in one block's registers
 
 
 @torch.library.custom_op("mini_llm::cuda_layer_norm_fwd", mutates_args=())
@@ -34,63 +35,40 @@ def _norm_fwd(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tens
               eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with torch.cuda.device(x.device):
         stream = torch.cuda.current_stream().cuda_stream
-        y, s, mean, rstd = load().norm_forward(x, delta, weight, bias, eps, rms, stream)
-    return s, y, mean, rstd
+        return load().norm_forward(x, delta, weight, bias, eps, rms, stream)
 
 
 @_norm_fwd.register_fake
 def _norm_fwd_fake(x, delta, weight, bias, eps, rms):
-    rows = x.size(0)
-    stats = dict(dtype=torch.float32, device=x.device)
-    return (torch.empty(x.shape if delta is not None else (0,), dtype=x.dtype, device=x.device),
-            torch.empty_like(x), torch.empty((0 if rms else rows,), **stats), torch.empty((rows,), **stats))
+    return norm_fwd_outputs(x, delta, rms)
 
 
 @torch.library.custom_op("mini_llm::cuda_layer_norm_bwd", mutates_args=())
-def _norm_bwd(dy: torch.Tensor, ds: Optional[torch.Tensor], x_in: torch.Tensor, weight: torch.Tensor,
-              mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x_in: what the forward normalised (x, or s when fused); ds: the gradient reaching s
-    directly (fused only), added to dx. Returns (dx, dweight, dbias), dbias empty without bias."""
-    with torch.cuda.device(x_in.device):
+def _norm_bwd(dy: torch.Tensor, ds: Optional[torch.Tensor], xs: torch.Tensor, weight: torch.Tensor,
+              mean: torch.Tensor, rstd: torch.Tensor, rms: bool, x_dtype: torch.dtype,
+              delta_dtype: Optional[torch.dtype], bias_dtype: Optional[torch.dtype]
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of x, delta (empty: one dtype here, so it is dx), weight, bias; xs is the input
+    that was normalised (s if fused), ds the gradient reaching s directly (fused only)."""
+    with torch.cuda.device(xs.device):
         stream = torch.cuda.current_stream().cuda_stream
-        return load().norm_backward(dy, ds, x_in, weight, None if rms else mean, rstd, has_bias, rms, stream)
+        dx, dw, db = load().norm_backward(dy.contiguous(), None if ds is None else ds.contiguous(), xs, weight,
+                                          None if rms else mean, rstd, rms, bias_dtype is not None, stream)
+    return dx, xs.new_empty((0,)), dw, db
 
 
 @_norm_bwd.register_fake
-def _norm_bwd_fake(dy, ds, x_in, weight, mean, rstd, has_bias, rms):
-    cols = x_in.size(1)
-    return (torch.empty_like(x_in), torch.empty((cols,), dtype=torch.float32, device=x_in.device),
-            torch.empty((cols if has_bias else 0,), dtype=torch.float32, device=x_in.device))
+def _norm_bwd_fake(dy, ds, xs, weight, mean, rstd, rms, x_dtype, delta_dtype, bias_dtype):
+    return norm_bwd_outputs(xs, weight, x_dtype, delta_dtype, bias_dtype)
 
 
-def _setup_context(ctx, inputs, output):
-    x, delta, weight, bias, eps, rms = inputs
-    s, _, mean, rstd = output
-    ctx.save_for_backward(s if delta is not None else x, weight, mean, rstd)
-    ctx.fused, ctx.has_bias, ctx.rms = delta is not None, bias is not None, rms
-
-
-def _backward(ctx, ds, dy, _dmean, _drstd):
-    x_in, weight, mean, rstd = ctx.saved_tensors
-    dy = torch.zeros_like(x_in) if dy is None else dy.contiguous()
-    ds = ds.contiguous() if ctx.fused and ds is not None else None
-    dx, dweight, dbias = torch.ops.mini_llm.cuda_layer_norm_bwd(dy, ds, x_in, weight, mean, rstd, ctx.has_bias,
-                                                                ctx.rms)
-    # s = x + delta hands the same gradient to both
-    return dx, dx if ctx.fused else None, dweight, dbias if ctx.has_bias else None, None, None
-
-
-_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+register_norm_autograd(_norm_fwd, _norm_bwd)
 
 
 def _norm(x, delta, weight, bias, eps, rms):
     """(s, y) of the fused op, (None, y) of the plain one, for x of any (..., C) shape."""
-    op = ("add_" if delta is not None else "") + ("rms_norm" if rms else "layer_norm")
-    C = check_norm(op, x, weight, bias, delta)
-    if C > MAX_COLS:
-        fail(op, f"rows of {C} channels are wider than the CUDA kernel's limit of {MAX_COLS} "
-                 "(a row must fit in one block's registers)")
+    op = f"{norm_op(delta, rms)} (cuda)"
+    C = check_norm(op, x, weight, bias, delta, CUDA_NORM_MAX_COLS)
     kernel_device(op, x, interpreted_ok=False)
     dtype = x.dtype if delta is None else torch.promote_types(x.dtype, delta.dtype)
     x2 = x.to(dtype).reshape(-1, C).contiguous()
