@@ -35,6 +35,8 @@ from torch.library import triton_op, wrap_triton
 
 from mini_llm.ops.checks import check_attention_backward
 
+from .autotune import autotune
+
 # -- shared by the forward and the backward --
 
 LOG2E = 1.4426950408889634  # exp(x) == exp2(x * LOG2E): exp2 is the GPU's native instruction
@@ -68,7 +70,7 @@ def autotuned(kernel, tiles, fp32_tiles, interpreted_tile):
         rows = [(*interpreted_tile, 1, 1)] if INTERPRETED else rows
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                    for m, n, w, s in rows]
-        return triton.autotune(configs, key=["CAUSAL", "SEQ_BUCKET"])(kernel)
+        return autotune(configs, key=["CAUSAL", "SEQ_BUCKET"])(kernel)
 
     kernels = {("tf32", hs): tuned(rows) for hs, rows in tiles.items()}
     kernels.update({("ieee", hs): tuned(fp32_tiles) for hs in tiles})
