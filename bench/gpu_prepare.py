@@ -134,7 +134,7 @@ def main(argv=None):
     carried = carry.resolve().relative_to(ROOT) if carry.resolve().is_relative_to(ROOT) else carry
     print("\nThe device tool's calls, from this checkout (the second within the machine's 30 s warm window):\n"
           f'  run(command="{RUN_COMMAND}", carry=["{carried}"], timeout_s=600)\n'
-          f'  run(command="{RUN_COMMAND} --rerun", carry=["{carried}"], timeout_s=300)')
+          f'  run(command="{RUN_COMMAND} --rerun", carry=["{carried}"], timeout_s=210)')
     return 0
 
 

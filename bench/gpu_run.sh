@@ -17,7 +17,7 @@
 #   bash bench/gpu_run.sh --rerun [TEST_ID ...]   the second command, what the first leaves:
 #     rerun     the failed tests (the ids given, else pytest's last failed) in one process,
 #               CUDA_LAUNCH_BLOCKING=1, long tracebacks
-#     train     the preset's 5000 iterations per kernel set, while time remains
+#     train_full  the preset's 5000 iterations per kernel set, while time remains
 #
 # Environment: OUT (the results folder; default out/gpu_run/results-<mode>), GPU_RUN_BUDGET
 # (seconds for all stages), GPU_RUN_BOX_<stage> (one stage's limit), GPU_RUN_WORKERS (pytest
@@ -69,33 +69,42 @@ EOF
 
 stage_build() {
   # The kernels' objects and the standalone programs, compiled on the CPU machine.
-  mkdir -p "$BUILD" && tar -xzf "$CARRY/build.tar.gz" -C "$BUILD" || return 1
-  # The binding (csrc/bindings.cpp, against this torch) in the background: the CUDA tests wait
-  # for it (tests/conftest.py reads its status file), and so do the probe and the training.
   rm -f "$MINI_LLM_CUDA_BUILD_STATUS"
-  ( gpu "$PYTHON" -m mini_llm.ops.cuda >"$LOGS/binding.log" 2>&1
-    echo $? >"$MINI_LLM_CUDA_BUILD_STATUS.tmp" && mv "$MINI_LLM_CUDA_BUILD_STATUS.tmp" "$MINI_LLM_CUDA_BUILD_STATUS" ) &
+  if ! tar -xzf "$CARRY/build.tar.gz" -C "$BUILD"; then
+    echo "no prebuilt objects: run python -m mini_llm.bench.gpu_prepare, carry .gpu-carry" | tee "$MINI_LLM_CUDA_BUILD_STATUS"
+    return 1
+  fi
+  # The binding (csrc/bindings.cpp, against this torch) in the background and in a session of
+  # its own, so that cutting this stage cannot kill it: the CUDA tests wait for its status file
+  # (tests/conftest.py), and so do the probe and the training.
+  setsid bash "$SELF" --stage binding &
   if [ -f "$CARRY/triton-cache.tar.gz" ]; then
     mkdir -p "$TRITON_CACHE_DIR" && tar -xzf "$CARRY/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" \
       && echo "Triton cache: $(find "$TRITON_CACHE_DIR" -name '*.cubin' | wc -l) kernels carried"
   fi
   # The package itself, editable. CUDA_HOME pointing nowhere makes setup.py skip its own build
   # of the extension (every .cu again, minutes): the JIT build above links the prebuilt objects.
-  if ! dry; then CUDA_HOME=/nonexistent pip install --no-deps --no-build-isolation -e . || return 1; fi
+  if ! dry; then CUDA_HOME=/nonexistent "$PYTHON" -m pip install --no-deps --no-build-isolation -e . || return 1; fi
   "$PYTHON" -m mini_llm.bench.gpu_prepare --check "$BUILD" || echo "(those compile here: minutes)"
 }
 
+stage_binding() {
+  gpu "$PYTHON" -m mini_llm.ops.cuda >"$LOGS/binding.log" 2>&1
+  echo $? >"$MINI_LLM_CUDA_BUILD_STATUS.tmp" && mv "$MINI_LLM_CUDA_BUILD_STATUS.tmp" "$MINI_LLM_CUDA_BUILD_STATUS"
+}
+
 stage_tests() {
-  local args=(-m gpu -n "$WORKERS" --timeout 120 --timeout-method thread -rfE -q --durations 15
-              --junitxml "$WORK/pytest_gpu.xml")
+  # The timeout is per test function: the CUDA tests' fixture may wait longer for the binding.
+  local args=(-m gpu -n "$WORKERS" --timeout 120 --timeout-method thread -o timeout_func_only=true -rfE -q
+              --durations 15 --junitxml "$WORK/pytest_gpu.xml")
   if dry; then args+=(tests/test_gpu.py); fi  # a CPU skips every GPU test: the plumbing only
   MINI_LLM_AUTOTUNE=first "$PYTHON" -m pytest "${args[@]}"
 }
 
 stage_sanitize() {
   # Triton compiles need the CPU, not the GPU: the probe's run beside compute-sanitizer.
-  gpu "$PYTHON" -m mini_llm.bench.probe --warm >"$LOGS/probe_warm.log" 2>&1 &
   local each=$(( STAGE_BOX - 5 )) run
+  gpu timeout "$each" "$PYTHON" -m mini_llm.bench.probe --warm >"$LOGS/probe_warm.log" 2>&1 &
   for run in "layer_norm 64 1000" "attention 1 2 300 64" "decode_attention 2 8 2 1 700 64" "quant_matmul 17 300 384"; do
     for tool in memcheck racecheck; do
       sanitize_one "$each" "$tool" $run &
@@ -225,7 +234,7 @@ if [ "$MODE" = first ]; then
   stage probe 150
   stage train 120
 else
-  DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-240} ))
+  DEADLINE=$(( $(date +%s) + ${GPU_RUN_BUDGET:-180} ))
   # A fresh machine (the first command's went back) has neither the install nor the binding.
   "$PYTHON" -c "import mini_llm.kernels" 2>/dev/null && [ -f "$MINI_LLM_CUDA_BUILD_STATUS" ] || stage build 120
   wait_for_binding 90
