@@ -80,10 +80,14 @@ def copy_data(carry):
     print(f"data: {TINY_SHAKESPEARE.name}")
 
 
+def git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def commit():
     """The commit the run tests, for the results (the device gets a copy of the tree, no .git)."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    return f"commit {git('rev-parse', '--short', 'HEAD') or 'unknown'}" + (" + uncommitted changes" if git("status", "--porcelain") else "")
+    dirty = " + uncommitted changes" if git("status", "--porcelain") else ""
+    return f"commit {git('rev-parse', '--short', 'HEAD') or 'unknown'}{dirty}"
 
 
 def prepare(carry, triton_cache, verbose):
