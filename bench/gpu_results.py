@@ -59,7 +59,8 @@ def _fmt(value, spec):
 
 
 def probe_lines(path):
-    """One line per kernel row of the bench-suite JSON: time, speed-up over torch, bandwidth."""
+    """One line per kernel row of the bench-suite JSON: time, speed-up over torch, GB/s and
+    TFLOP/s with their share of the measured copy bandwidth and matmul rate."""
     data = json.loads(path.read_text())
     lines = [f"probe on {data['meta'].get('device')} (copy {_fmt(data['meta']['ceilings'].get('copy_gb_s'), '.0f')} GB/s, "
              f"matmul {_fmt(data['meta']['ceilings'].get('matmul_tflop_s'), '.0f')} TFLOP/s):"]
@@ -70,8 +71,9 @@ def probe_lines(path):
             lines.append(f"  {r['op']} {r['backend']}: skipped ({r['reason'][:80]})")
             continue
         lines.append(f"  {r['op']:<16} {r['backend']:<6} {r['shape']:<28} {r['pass_']:<7} {r['status']:<6} "
-                     f"{_fmt(r['ms'], '8.3f')} ms  {_fmt(r['speedup_vs_torch'], '5.2f')}x torch  "
-                     f"{_fmt(r['pct_bandwidth'], '5.1f')}% bw  {_fmt(r['pct_matmul'], '5.1f')}% mm")
+                     f"{_fmt(r['ms'], '8.3f')} ms {_fmt(r['speedup_vs_torch'], '5.2f')}x torch "
+                     f"{_fmt(r['gb_s'], '6.0f')} GB/s ({_fmt(r['pct_bandwidth'], '.0f')}%) "
+                     f"{_fmt(r['tflop_s'], '6.1f')} TFLOP/s ({_fmt(r['pct_matmul'], '.0f')}%)")
     return lines
 
 
@@ -87,6 +89,55 @@ def training_lines(path):
     return ["training (val loss, difference from the first kernel set, ms/iter):"] + [
         f"  {r['kernels']:<8} {r['iters']} iters  val {r['val_loss']:.4f}  {r['val_loss_diff']:+.4f}  "
         f"{r['median_ms_per_iter']:.1f} ms" for r in rows]
+
+
+# The kernel issues' targets: (what, op, backends, pass, row field, at least). A probe row is
+# checked on every shape it was measured at; the worst figure decides.
+SUITE_TARGETS = [
+    ("LayerNorm fwd >= 85% of copy bandwidth", "layer_norm", ("triton", "cuda"), "fwd", "pct_bandwidth", 85),
+    ("LayerNorm fwd >= 1.0x F.layer_norm", "layer_norm", ("triton", "cuda"), "fwd", "speedup_vs_torch", 1.0),
+    ("LayerNorm fwd+bwd >= 1.0x F.layer_norm", "layer_norm", ("triton", "cuda"), "fwd+bwd", "speedup_vs_torch", 1.0),
+    ("attention fwd >= 0.9x SDPA", "attention", ("triton",), "fwd", "speedup_vs_torch", 0.9),
+    ("attention fwd+bwd >= 0.7x SDPA", "attention", ("triton",), "fwd+bwd", "speedup_vs_torch", 0.7),
+    ("attention fwd >= 0.5x SDPA", "attention", ("cuda",), "fwd", "speedup_vs_torch", 0.5),
+    ("decode attention >= 70% of copy bandwidth", "decode_attention", ("triton", "cuda"), "fwd", "pct_bandwidth", 70),
+    ("decode attention faster than SDPA", "decode_attention", ("triton", "cuda"), "fwd", "speedup_vs_torch", 1.0),
+]
+# quant_matmul vs a bf16 matmul: (what, bits, rows of activations, at least)
+QUANT_TARGETS = [("int8 >= 1.6x bf16 at M <= 16", 8, range(1, 17), 1.6),
+                 ("int4 >= 2.5x bf16 at M <= 16", 4, range(1, 17), 2.5),
+                 ("int8 / int4 >= 0.6x bf16 at M = 2048", None, (2048,), 0.6)]
+
+
+def _verdict(what, backend, rows, threshold):
+    """rows: (figure, where, status) of every matching row; a failed row, or the worst figure
+    under the threshold, misses."""
+    if not rows:
+        return f"  [not measured] {backend} {what}"
+    broken = [where for _, where, status in rows if status != "ok"]
+    if broken:
+        return f"  [MISSED] {backend} {what}: wrong or no result at {', '.join(broken)}"
+    value, where, _ = min(rows, key=lambda r: r[0] if r[0] is not None else float("-inf"))
+    met = value is not None and value >= threshold
+    return f"  [{'met' if met else 'MISSED'}] {backend} {what}: {_fmt(value, '.2f')} (worst: {where})"
+
+
+def target_lines(suite_json, quant_json):
+    """One line per target and backend: met / MISSED with the worst measured figure."""
+    lines = ["targets (the worst shape decides):"]
+    rows = json.loads(suite_json.read_text())["rows"] if suite_json.is_file() else []
+    for what, op, backends, pass_, field, threshold in SUITE_TARGETS:
+        for backend in backends:
+            found = [(r[field], r["shape"], r["status"]) for r in rows
+                     if (r["op"], r["backend"], r["pass_"]) == (op, backend, pass_)]
+            lines.append(_verdict(what, backend, found, threshold))
+    quant = json.loads(quant_json.read_text())["rows"] if quant_json.is_file() else []
+    for what, bits, tokens, threshold in QUANT_TARGETS:
+        for backend in sorted({r["backend"] for r in quant}):
+            found = [(r["speedup_vs_bf16"], f"M{r['M']} int{r['bits']} g{r['group']}", r["status"]) for r in quant
+                     if r["backend"] == backend and r["M"] in tokens and bits in (None, r["bits"])]
+            lines.append(_verdict(what, backend, found, threshold))
+    return lines
 
 
 def summary(state):
@@ -106,12 +157,14 @@ def summary(state):
                 continue
             out += ["", f"{name}: {tests} tests, {failures} failed, {errors} errors, {skipped} skipped, "
                         f"{seconds:.0f} s"]
+    bench = work / "bench"
     sections = [(work / "sanitizer.txt", lambda p: ["compute-sanitizer:"] + ["  " + s for s in p.read_text().splitlines()]),
-                (work / "bench" / "results.json", probe_lines),
-                (work / "bench" / "quant_vs_bf16_gpu.json", quant_lines)]
-    sections += [(p, training_lines) for p in sorted((work / "bench").glob("train_kernel_sets_*.json"))]
+                (bench / "results.json", probe_lines), (bench / "quant_vs_bf16_gpu.json", quant_lines)]
+    sections += [(p, training_lines) for p in sorted(bench.glob("train_kernel_sets_*.json"))]
+    if (bench / "results.json").is_file() or (bench / "quant_vs_bf16_gpu.json").is_file():
+        sections.append((bench, lambda b: target_lines(b / "results.json", b / "quant_vs_bf16_gpu.json")))
     for path, lines in sections:
-        if path.is_file():
+        if path.exists():
             try:
                 out += [""] + lines(path)
             except (ValueError, KeyError) as e:  # a stage cut mid-write: say so, keep the rest
@@ -163,7 +216,7 @@ def package(state, out, final):
     results = files_under(work / "bench") + [p for p in (work / "sanitizer.txt",) if p.is_file()]
     if results:
         tar_gz(out / "results.tar.gz", results, work)
-    cache = Path(os.environ.get("TRITON_CACHE_DIR", ""))
+    cache = Path(os.environ.get("TRITON_CACHE_DIR") or "/nonexistent")  # gpu_run.sh sets it
     if final and cache.is_dir():
         tar_gz(out / TRITON_CACHE, files_under(cache, TRITON_KEEP), cache)
         if (out / TRITON_CACHE).stat().st_size > FILE_LIMIT:

@@ -131,8 +131,9 @@ def test_dry_run_of_the_whole_script(tmp_path, corpus, monkeypatch):
 
 
 def test_results_summary_and_packaging(tmp_path, monkeypatch):
-    """A failed test is named in the summary with the probe's rows; a log too big for the tool's
-    16 MiB is cut; the Triton cache keeps its binaries and metadata, not its IR."""
+    """A failed test is named in the summary with the probe's rows and the targets they meet or
+    miss; a log too big for the tool's 16 MiB is cut; the Triton cache keeps its binaries and
+    metadata, not its IR."""
     state, out = tmp_path / "first", tmp_path / "out"
     (state / "logs").mkdir(parents=True)
     (state / "work" / "bench").mkdir(parents=True)
@@ -146,6 +147,9 @@ def test_results_summary_and_packaging(tmp_path, monkeypatch):
               pct_bandwidth=1.0, pct_matmul=40.0)
     meta = {"device": "NVIDIA H100 80GB HBM3", "ceilings": {"copy_gb_s": 3000.0, "matmul_tflop_s": 790.0}}
     (state / "work" / "bench" / "results.json").write_text(report.to_json([row], [], meta))
+    quant = {"backend": "cuda", "M": 1, "K": 4096, "N": 4096, "bits": 8, "group": 4096, "status": "ok",
+             "ms": 0.02, "bf16_ms": 0.024, "speedup_vs_bf16": 1.2}
+    (state / "work" / "bench" / "quant_vs_bf16_gpu.json").write_text(json.dumps({"meta": meta, "rows": [quant]}))
     cache = tmp_path / "triton"
     for name in ("ab/k.cubin", "ab/k.json", "ab/__grp__k.json", "ab/k.ptx", "ab/k.llir"):
         (cache / name).parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +161,9 @@ def test_results_summary_and_packaging(tmp_path, monkeypatch):
     assert "tests/test_cuda_attention.py::test_fwd[bf16]" in summary
     assert "2 tests, 1 failed" in summary and "0.93x torch" in summary and "H100" in summary
     assert "logs cut to their last MiB" in summary
+    assert "[met] triton attention fwd >= 0.9x SDPA: 0.93 (worst: B1 nh16 T16384 hs128)" in summary
+    assert "[MISSED] cuda int8 >= 1.6x bf16 at M <= 16: 1.20" in summary
+    assert "[not measured] cuda attention fwd >= 0.5x SDPA" in summary
     assert len(list(out.iterdir())) <= gpu_results.MAX_FILES
     assert all(f.stat().st_size <= gpu_results.FILE_LIMIT for f in out.iterdir())
     with tarfile.open(out / gpu_results.TRITON_CACHE) as tar:
