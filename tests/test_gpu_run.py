@@ -213,3 +213,20 @@ def test_autotune_knob(monkeypatch, mode):
         assert len(plain.configs) == 1 and [c.kwargs["BLOCK_K"] for c in kept] == [128]
     else:
         assert len(plain.configs) == 3 and [c.kwargs["BLOCK_K"] for c in kept] == [128, 256]
+
+
+def test_cuda_tests_wait_for_the_background_build(tmp_path, monkeypatch):
+    """gpu_run.sh builds the extension while the tests start: the CUDA tests' fixture goes on
+    once its status file says 0, and fails at once (no second build per process) otherwise."""
+    from conftest import wait_for_background_build
+
+    status = tmp_path / "binding.status"
+    monkeypatch.setenv("MINI_LLM_CUDA_BUILD_STATUS", str(status))
+    status.write_text("0\n")
+    wait_for_background_build()
+    status.write_text("1\n")
+    with pytest.raises(pytest.fail.Exception, match=r"failed \(1\)"):
+        wait_for_background_build()
+    status.unlink()
+    with pytest.raises(pytest.fail.Exception, match="no status"):
+        wait_for_background_build(limit_s=0)
