@@ -62,8 +62,9 @@ def probe_lines(path):
     """One line per kernel row of the bench-suite JSON: time, speed-up over torch, GB/s and
     TFLOP/s with their share of the measured copy bandwidth and matmul rate."""
     data = json.loads(path.read_text())
-    lines = [f"probe on {data['meta'].get('device')} (copy {_fmt(data['meta']['ceilings'].get('copy_gb_s'), '.0f')} GB/s, "
-             f"matmul {_fmt(data['meta']['ceilings'].get('matmul_tflop_s'), '.0f')} TFLOP/s):"]
+    limits = data["meta"]["ceilings"]
+    lines = [f"probe on {data['meta'].get('device')} (copy {_fmt(limits.get('copy_gb_s'), '.0f')} GB/s, "
+             f"matmul {_fmt(limits.get('matmul_tflop_s'), '.0f')} TFLOP/s):"]
     for r in data["rows"]:
         if r["backend"] == "torch":
             continue
@@ -82,6 +83,10 @@ def quant_lines(path):
     return ["quant_matmul vs bf16 matmul:"] + [
         f"  {r['backend']:<6} M{r['M']:<5} K=N={r['K']} int{r['bits']} g{r['group']:<5} "
         f"{_fmt(r['speedup_vs_bf16'], '5.2f')}x  {r['status']}" for r in rows]
+
+
+def sanitizer_lines(path):
+    return ["compute-sanitizer:"] + ["  " + line for line in path.read_text().splitlines()]
 
 
 def training_lines(path):
@@ -140,26 +145,26 @@ def target_lines(suite_json, quant_json):
     return lines
 
 
+def junit_lines(path):
+    tests, failures, errors, skipped, seconds, failed = junit_counts(path)
+    lines = [f"{path.name}: {tests} tests, {failures} failed, {errors} errors, {skipped} skipped, {seconds:.0f} s"]
+    if failed:
+        lines += [f"failed tests ({len(failed)}; `bash bench/gpu_run.sh --rerun` reruns them, or pass their ids):"]
+        lines += ["  " + f for f in failed[:100]]
+    return lines
+
+
 def summary(state):
-    work = state / "work"
-    out = [f"gpu_run {state.name}: {(state / 'header.txt').read_text().strip() if (state / 'header.txt').is_file() else ''}"]
+    """The run's story: versions, stages, then each result that exists, the targets last."""
+    work, bench, header = state / "work", state / "work" / "bench", state / "header.txt"
+    out = [f"gpu_run {state.name}: {header.read_text().strip() if header.is_file() else ''}"]
     if (state / "versions.txt").is_file():
         out += ["versions:"] + ["  " + line for line in (state / "versions.txt").read_text().splitlines()]
     out += ["", f"{'stage':<10} {'status':<18} {'seconds':>7} {'box':>5}  note"]
     out += [f"{n:<10} {s:<18} {t:>7} {b:>5}  {note}" for n, s, t, b, note in stage_rows(state)]
-    failed = []
-    for name in ("pytest_gpu.xml", "pytest_rerun.xml"):
-        if (work / name).is_file():
-            try:
-                tests, failures, errors, skipped, seconds, failed = junit_counts(work / name)
-            except ET.ParseError as e:
-                out += ["", f"{name}: unreadable ({e})"]
-                continue
-            out += ["", f"{name}: {tests} tests, {failures} failed, {errors} errors, {skipped} skipped, "
-                        f"{seconds:.0f} s"]
-    bench = work / "bench"
-    sections = [(work / "sanitizer.txt", lambda p: ["compute-sanitizer:"] + ["  " + s for s in p.read_text().splitlines()]),
-                (bench / "results.json", probe_lines), (bench / "quant_vs_bf16_gpu.json", quant_lines)]
+    sections = [(p, junit_lines) for p in sorted(work.glob("pytest_*.xml"))]
+    sections += [(work / "sanitizer.txt", sanitizer_lines), (bench / "results.json", probe_lines),
+                 (bench / "quant_vs_bf16_gpu.json", quant_lines)]
     sections += [(p, training_lines) for p in sorted(bench.glob("train_kernel_sets_*.json"))]
     if (bench / "results.json").is_file() or (bench / "quant_vs_bf16_gpu.json").is_file():
         sections.append((bench, lambda b: target_lines(b / "results.json", b / "quant_vs_bf16_gpu.json")))
@@ -167,11 +172,8 @@ def summary(state):
         if path.exists():
             try:
                 out += [""] + lines(path)
-            except (ValueError, KeyError) as e:  # a stage cut mid-write: say so, keep the rest
+            except (ValueError, KeyError, ET.ParseError) as e:  # a stage cut mid-write: say so, go on
                 out += ["", f"{path.name}: unreadable ({type(e).__name__}: {e})"]
-    if failed:
-        out += ["", f"failed tests ({len(failed)}; `bash bench/gpu_run.sh --rerun` reruns them, or pass their ids):"]
-        out += ["  " + f for f in failed[:100]]
     return "\n".join(out) + "\n"
 
 
@@ -242,7 +244,8 @@ def main(argv=None):
     text = summary(args.state)
     listing = [f"  {f.name:<20} {f.stat().st_size / 2**20:7.2f} MiB" for f in files_under(args.out)
                if f.name != "summary.txt"]
-    text += "\nfiles in the results folder:\n" + "\n".join(listing + ["  summary.txt"] + ["  " + n for n in notes]) + "\n"
+    listing += ["  summary.txt"] + ["  " + n for n in notes]
+    text += "\nfiles in the results folder:\n" + "\n".join(listing) + "\n"
     (args.out / "summary.txt").write_text(text)
     if args.final:
         sys.stdout.write(text)

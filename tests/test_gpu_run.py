@@ -186,7 +186,8 @@ def test_probe_measures_what_it_warms():
     assert len(suite) == sum(len(cases(op, "headline")) * len(_passes(SPECS[op], ["fwd", "fwd+bwd"]))
                              for op in probe.SUITE_OPS) > 0
     quant = [u for u in units if u[0] == "quant"]
-    assert len(quant) == len(quant_vs_bf16.FORMATS) * len(probe.QUANT_TOKENS.split(",")) * len(probe.QUANT_SIZES.split(","))
+    sizes, tokens = probe.QUANT_SIZES.split(","), probe.QUANT_TOKENS.split(",")
+    assert len(quant) == len(quant_vs_bf16.FORMATS) * len(tokens) * len(sizes)
 
 
 @triton.jit
