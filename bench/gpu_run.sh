@@ -21,8 +21,9 @@
 #
 # Environment: OUT (the results folder; default out/gpu_run/results-<mode>), GPU_RUN_BUDGET
 # (seconds for all stages), GPU_RUN_BOX_<stage> (one stage's limit), GPU_RUN_WORKERS (pytest
-# processes), GPU_RUN_DRY=1: a dry run of the plumbing on a CPU, every GPU command replaced by a
-# quick stand-in (tests/test_gpu_run.py; GPU_RUN_DRY_SLOW=<stage> makes one overrun its box).
+# processes), GPU_RUN_KERNELS (the kernel sets to probe and train; default all that run),
+# GPU_RUN_DRY=1: a dry run of the plumbing on a CPU, every GPU command replaced by a quick
+# stand-in (tests/test_gpu_run.py; GPU_RUN_DRY_SLOW=<stage> makes one overrun its box).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -75,9 +76,9 @@ stage_build() {
     return 1
   fi
   # The binding (csrc/bindings.cpp, against this torch) in the background and in a session of
-  # its own, so that cutting this stage cannot kill it: the CUDA tests wait for its status file
-  # (tests/conftest.py), and so do the probe and the training.
-  setsid bash "$SELF" --stage binding &
+  # its own (setsid, where there is one), so that cutting this stage cannot kill it: the CUDA
+  # tests wait for its status file (tests/conftest.py), and so do the probe and the training.
+  $(command -v setsid) bash "$SELF" --stage binding &
   if [ -f "$CARRY/triton-cache.tar.gz" ]; then
     mkdir -p "$TRITON_CACHE_DIR" && tar -xzf "$CARRY/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" \
       && echo "Triton cache: $(find "$TRITON_CACHE_DIR" -name '*.cubin' | wc -l) kernels carried"
@@ -153,14 +154,15 @@ stage_rerun() {  # exit 5 is pytest's "no tests ran": nothing failed, nothing to
 }
 
 stage_train_full() {
-  local preset=shakespeare-char args=(--eval-interval 1000)
+  local preset=shakespeare-char args=(--eval-interval 5000)  # one evaluation, at the end
   if dry; then preset=tiny args=(--max-iters 4); fi
   "$PYTHON" -m mini_llm.bench.train_kernel_sets --preset "$preset" --kernels "$(backends)" \
     --out "$WORK/runs_full" --results "$WORK/bench" -- "${args[@]}"
 }
 
-backends() {  # the kernel sets that can run: cuda only once its build succeeded (a CPU: torch)
-  if dry; then echo torch
+backends() {  # GPU_RUN_KERNELS, else those that can run: cuda only once its build succeeded
+  if [ -n "${GPU_RUN_KERNELS:-}" ]; then echo "$GPU_RUN_KERNELS"
+  elif dry; then echo torch
   elif [ "$(cat "$MINI_LLM_CUDA_BUILD_STATUS" 2>/dev/null)" = 0 ]; then echo torch,triton,cuda
   else echo torch,triton
   fi

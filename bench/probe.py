@@ -30,7 +30,8 @@ QUANT_SIZES, QUANT_TOKENS = "4096", "1,16,2048"
 
 
 def suite_argv(out, backends):
-    return ["bench", "--shapes", "headline", "--ops", ",".join(SUITE_OPS), "--backends", backends,
+    with_torch = ",".join(dict.fromkeys(["torch", *backends.split(",")]))  # every row's peer
+    return ["bench", "--shapes", "headline", "--ops", ",".join(SUITE_OPS), "--backends", with_torch,
             "--dtype", "bfloat16", "--no-e2e", "--out", out]
 
 
