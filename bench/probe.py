@@ -105,7 +105,8 @@ def measure(out, backends):
     from . import quant_vs_bf16
 
     status = cli(suite_argv(out, backends))
-    quant_vs_bf16.main(quant_argv(out, backends))
+    if any(b != "torch" for b in backends.split(",")):
+        quant_vs_bf16.main(quant_argv(out, backends))
     return status
 
 

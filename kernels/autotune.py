@@ -4,8 +4,9 @@ Autotuning compiles and times every candidate config the first time a kernel mee
 That is what a benchmark or a training run wants, and what a test does not: the GPU tests check
 results over ~1250 cases, and tuning each key's 5-9 configs turns their ~250 compiles into
 ~650 plus thousands of timed runs (bench/gpu_run.sh has minutes). With MINI_LLM_AUTOTUNE=first
-each key runs the first config that its `prune` (the kernel's own early_config_prune, e.g. an
-int4 block must hold whole groups) keeps, so every kernel still runs a config it would pick.
+each key runs one config: the first, or for a kernel that prunes its configs per call (its
+early_config_prune: e.g. an int4 block must hold whole groups) the first that the prune keeps,
+so every kernel still runs a config it could pick.
 """
 
 import os
