@@ -43,6 +43,10 @@ def isolated(tmp_path, monkeypatch):
 
     ops.set_kernels("torch")
     yield
+    # The GPU grid runs in many processes on one GPU (bench/gpu_run.sh): none may keep the memory
+    # of its big tests cached for itself.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture
