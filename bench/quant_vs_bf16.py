@@ -36,6 +36,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", default="triton,cuda")
     p.add_argument("--sizes", default="4096,8192", help="K = N")
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="M, rows of activations")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     # On a CPU (Triton interpreted) it only checks that the script runs: the times mean nothing.
@@ -49,7 +50,7 @@ def main(argv=None):
         for bits, group in FORMATS:
             qweight, scales = (t.to(device) for t in quantize(w, bits, group))
             group = group or K
-            for M in TOKENS:
+            for M in map(int, args.tokens.split(",")):
                 x = torch.randn(M, K, generator=g).to(device, torch.bfloat16)
                 want = ops.implementation("quant_matmul", "reference")(x.double(), qweight, scales, group)
                 bf16_ms = median_ms(lambda: torch.matmul(x, w_bf16.T), device)

@@ -199,4 +199,4 @@ def _passes(spec, passes):
 
 
 def count_steps(op_names, shape_set, dtypes, passes):
-    return sum(len(SPECS[op].shapes[shape_set]) * len(_passes(SPECS[op], passes)) for op in op_names) * len(dtypes)
+    return sum(len(cases(op, shape_set)) * len(_passes(SPECS[op], passes)) for op in op_names) * len(dtypes)

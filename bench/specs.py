@@ -159,16 +159,21 @@ def _quant(M, K, N, bits, group=None):
 
 
 # quick: model-sized and odd shapes, seconds each even on a CPU. full: the sizes the kernel
-# issues set targets at (16384 x 4096 norms, attention at 2k-16k), meant for a GPU.
+# issues set targets at (16384 x 4096 norms, attention at 2k-16k), meant for a GPU. headline:
+# the ends of full that the targets name, for the GPU run's minutes (bench/gpu_run.sh; only the
+# ops with a target have one).
 _norm_shapes = {
     "quick": [dict(rows=16384, cols=384), dict(rows=1000, cols=1001)],
     "full": [dict(rows=16384, cols=384), dict(rows=16384, cols=4096), dict(rows=4096, cols=8192),
              dict(rows=1000, cols=1001)],
+    "headline": [dict(rows=16384, cols=4096)],
 }
 _attention_shapes = {
     "quick": [_attn(8, 6, 256, 64), _attn(2, 4, 200, 32, causal=False)],
     "full": [_attn(B, 16, T, hs, causal) for hs in (64, 128) for causal in (True, False)
              for B, T in ((8, 2048), (4, 4096), (2, 8192), (1, 16384))],
+    "headline": [_attn(B, 16, T, hs, causal) for hs in (64, 128) for causal in (True, False)
+                 for B, T in ((8, 2048), (1, 16384))],
 }
 # decode: the model's own shape, and the issue's targets: caches of 4k-16k at batch 1 (one
 # sequence must still fill the GPU) to 64, grouped-query (32 query heads over 8 kv heads).
@@ -176,6 +181,7 @@ _decode_shapes = {
     "quick": [_decode(4, 6, 6, 256, 64), _decode(3, 8, 2, 1000, 128, Tq=3)],
     "full": [_decode(B, 32, nkv, T, 128) for nkv in (8, 32) for B, T in ((1, 4096), (1, 16384), (8, 8192),
                                                                           (64, 4096))],
+    "headline": [_decode(B, 32, 8, T, 128) for B, T in ((1, 4096), (1, 16384), (8, 8192))],
 }
 _quant_shapes = {
     "quick": [_quant(1, 384, 1152, 8), _quant(16, 384, 1152, 4, 64), _quant(33, 1536, 384, 4, 32)],
@@ -220,7 +226,11 @@ LABELS = {"layer_norm": _label_norm, "rms_norm": _label_norm, "add_layer_norm": 
           "gelu": lambda d: f"n={d['n']}", "silu": lambda d: f"n={d['n']}"}
 
 
+SHAPE_SETS = ("quick", "full", "headline")
+
+
 def cases(op, shape_set):
-    """The shapes of `op` in a set; attention's causal flag is part of its shape."""
+    """The shapes of `op` in a set (none where the op has no such set); attention's causal flag
+    is part of its shape."""
     spec = SPECS[op]
-    return [Case(op, LABELS[op](d), d) for d in spec.shapes[shape_set]]
+    return [Case(op, LABELS[op](d), d) for d in spec.shapes.get(shape_set, [])]

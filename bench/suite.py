@@ -22,7 +22,7 @@ from . import report
 from .ceilings import ceilings
 from .e2e import run_e2e
 from .run import DTYPES, PASSES, count_steps, parse_list, run_ops
-from .specs import SPECS
+from .specs import SHAPE_SETS, SPECS
 
 
 def add_arguments(p):
@@ -30,7 +30,8 @@ def add_arguments(p):
     p.add_argument("--backends", help=f"comma-separated (default: all): {', '.join(ops.BACKENDS)}")
     p.add_argument("--dtype", help=f"comma-separated: {', '.join(DTYPES)} "
                    "(default: bfloat16 on a GPU, float32 on a CPU)")
-    p.add_argument("--shapes", default="quick", help="quick (model-sized, odd) or full (large)")
+    p.add_argument("--shapes", default="quick", help="quick (model-sized, odd), full (large) or "
+                   "headline (the shapes the kernel targets name)")
     p.add_argument("--passes", help=f"comma-separated (default: both): {', '.join(PASSES)}")
     p.add_argument("--kernels", default="torch", help="kernel set for the end-to-end rows")
     p.add_argument("--e2e-preset", help="model for the end-to-end rows (default: shakespeare-char "
@@ -64,8 +65,8 @@ def main(args):
     default_dtype = "bfloat16" if device.type == "cuda" else "float32"
     dtypes = parse_list(args.dtype or default_dtype, list(DTYPES), "dtype")
     passes = parse_list(args.passes, list(PASSES), "pass")
-    if args.shapes not in ("quick", "full"):
-        raise ConfigError(f"unknown shape set {args.shapes!r}; choose from quick, full")
+    if args.shapes not in SHAPE_SETS:
+        raise ConfigError(f"unknown shape set {args.shapes!r}; choose from {', '.join(SHAPE_SETS)}")
     preset = args.e2e_preset or default_preset()
     get_preset(preset)
     ops.parse(args.kernels)  # a bad kernel set fails now, not after the op rows

@@ -27,32 +27,38 @@ def main(argv=None):
     p.add_argument("extra", nargs=argparse.REMAINDER, help="more `mini-llm train` flags, after --")
     args = p.parse_args(argv)
 
-    rows = []
+    rows, failed = [], []
     for kernels in args.kernels.split(","):
         run = Path(args.out) / kernels.replace("=", "-").replace(",", "_")
         cmd = [sys.executable, "-m", "mini_llm.cli", "train", "--preset", args.preset, "--kernels", kernels, "--out", str(run),
                "--sample-tokens", "0", *[a for a in args.extra if a != "--"]]
         print("$", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode:
-            sys.exit(f"training with --kernels {kernels} failed; see above")
+        if subprocess.run(cmd).returncode:  # the next kernel set still runs
+            failed.append(kernels)
+            continue
         summary = json.loads((run / "summary.json").read_text())
         rows.append({"kernels": kernels, "val_loss": summary["val_loss"], "iters": summary["iters"],
                      "median_ms_per_iter": summary["median_ms_per_iter"], "tokens_per_s": summary["tokens_per_s"],
                      "device": summary["device"], "dtype": summary["dtype"], "command": " ".join(cmd)})
+        write(rows, Path(args.results), args.preset)  # after each run: a run cut short keeps the others
+    if failed:
+        sys.exit(f"training with --kernels {', '.join(failed)} failed; see above")
+
+
+def write(rows, out, preset):
+    """results/train_kernel_sets_<preset>.{json,md}: the rows, each against the first."""
     for r in rows:
         r["val_loss_diff"] = r["val_loss"] - rows[0]["val_loss"]
-    out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"train_kernel_sets_{args.preset}"
+    name = f"train_kernel_sets_{preset}"
     (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"# {args.preset}: one training run per kernel set", "",
+    lines = [f"# {preset}: one training run per kernel set", "",
              "| kernels | iterations | val loss | vs first | ms/iter (median) | tokens/s | device |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kernels']} | {r['iters']} | {r['val_loss']:.4f} | {r['val_loss_diff']:+.4f} | "
               f"{r['median_ms_per_iter']:.1f} | {r['tokens_per_s']:,.0f} | {r['device']} ({r['dtype']}) |" for r in rows]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,8 @@ from mini_llm.ops.kernel_autograd import attention_bwd_outputs
 
 from .common import INTERPRETED, LOG2E, dot_precision, mma
 
+from .autotune import autotune
+
 # -- shared by the forward and the backward --
 
 LOG2E_JIT = tl.constexpr(LOG2E)  # readable inside kernels (their globals are constexpr)
@@ -61,7 +63,7 @@ def autotuned(kernel, tiles, fp32_tiles, interpreted_tile):
         rows = [(*interpreted_tile, 1, 1)] if INTERPRETED else rows
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                    for m, n, w, s in rows]
-        return triton.autotune(configs, key=["CAUSAL", "SEQ_BUCKET"])(kernel)
+        return autotune(configs, key=["CAUSAL", "SEQ_BUCKET"])(kernel)
 
     kernels = {("tf32", hs): tuned(rows) for hs, rows in tiles.items()}
     kernels.update({("ieee", hs): tuned(fp32_tiles) for hs in tiles})

@@ -42,6 +42,7 @@ from torch.library import triton_op, wrap_triton
 
 from mini_llm.ops.checks import check_quant_matmul, fail
 
+from .autotune import autotune
 from .common import INTERPRETED, dot_precision, mma, sm_count
 
 OP = "quant_matmul (triton)"  # how input errors name the op
@@ -167,8 +168,7 @@ def _autotuned(names, rows, interpreted_row, key):
     atomic adds of split K."""
     configs = [triton.Config(dict(zip(names, row)), num_warps=row[-2], num_stages=row[-1])
                for row in ([interpreted_row] if INTERPRETED else rows)]
-    return triton.autotune(configs, key=key, prune_configs_by={"early_config_prune": _fits},
-                           reset_to_zero=["out_ptr"])(_quant_matmul_kernel)
+    return autotune(configs, key=key, prune=_fits, reset_to_zero=["out_ptr"])(_quant_matmul_kernel)
 
 
 # GEMV shape: narrow N tiles (many programs: N / BLOCK_N of them) and long K blocks (few loop

@@ -1,4 +1,5 @@
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -42,6 +43,10 @@ def isolated(tmp_path, monkeypatch):
 
     ops.set_kernels("torch")
     yield
+    # The GPU grid runs in many processes on one GPU (bench/gpu_run.sh): none may keep the memory
+    # of its big tests cached for itself.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture
@@ -64,5 +69,21 @@ def cuda_ext(tmp_path_factory):
     reason = cuda.unavailable_reason()
     if reason:
         pytest.skip(reason)
+    wait_for_background_build()
     os.environ.setdefault("MINI_LLM_BUILD_DIR", str(tmp_path_factory.mktemp("cuda_build")))
     return cuda.load()
+
+
+def wait_for_background_build(limit_s=600):
+    """bench/gpu_run.sh builds the extension in the background while the tests start, and writes
+    its exit status into $MINI_LLM_CUDA_BUILD_STATUS: wait for it, and fail at once if that
+    build failed, rather than have every test process compile the binding again."""
+    path = os.environ.get("MINI_LLM_CUDA_BUILD_STATUS")
+    if not path:
+        return
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(1)
+    status = open(path).read().strip() if os.path.exists(path) else "no status"
+    if status != "0":
+        pytest.fail(f"the background build of the CUDA extension failed ({status}): see its log", pytrace=False)

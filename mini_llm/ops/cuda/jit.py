@@ -4,8 +4,11 @@ Two steps, so that a machine with nvcc but no GPU (and a CPU-only PyTorch, which
 headers) can build it too:
 
 1. every csrc/*.cu (not csrc/standalone/) -> an object, by nvcc directly, with the flags of
-   build_flags.py. Each object is cached under a hash of its source, every csrc header and the
-   flags, so editing one kernel recompiles only that file. ptxas's -v report (registers, spills,
+   build_flags.py. Each object is cached under a hash of its source, every csrc header (names
+   and contents), the flags and nvcc's release, so editing one kernel recompiles only that file.
+   Nothing in the hash depends on where the checkout or the build dir is, or on PyTorch (the
+   objects include no PyTorch header): objects built on one machine are found on another
+   (bench/gpu_prepare.py sends them to the GPU machine). ptxas's -v report (registers, spills,
    shared memory per kernel and arch) is kept beside each object and gathered in ptxas.txt.
 2. csrc/bindings.cpp (the only file that includes <torch/extension.h>) -> the extension module,
    by torch.utils.cpp_extension.load (ninja), linked with the objects and libcudart.
@@ -18,6 +21,7 @@ import concurrent.futures
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,12 +77,18 @@ def find_nvcc():
 
 
 @functools.lru_cache
-def _nvcc_version(nvcc):
-    return subprocess.run([nvcc, "--version"], capture_output=True).stdout
+def nvcc_release(nvcc):
+    """'release 13.0' from `nvcc --version`: objects of one release link with any of its
+    patch levels' runtimes, so the patch level (V13.0.88) and build date stay out of the key."""
+    text = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release \d+\.\d+", text)
+    if release is None:
+        raise CudaBuildError(f"cannot read nvcc's release from `{nvcc} --version`:\n{text}")
+    return release.group()
 
 
 def _fingerprint(nvcc, source, headers, flags):
-    h = hashlib.sha256(_nvcc_version(nvcc))
+    h = hashlib.sha256(nvcc_release(nvcc).encode())
     for path in (source, *headers):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     h.update("\0".join(flags).encode())
@@ -92,22 +102,35 @@ def diagnostics(output):
     return "\n".join(keep).strip()
 
 
+# nvcc runs inside csrc/ on relative names, so the flags (part of the key) hold no absolute path.
+OBJECT_FLAGS = [*build_flags.NVCC_FLAGS, "-I."]
+
+
+def object_paths(nvcc, source, obj_dir):
+    """(obj_dir/<stem>-<hash>.o, obj_dir/<stem>-<hash>.ptxas.txt): where source.cu's object is
+    cached, the hash over the source, every header beside it, the flags and nvcc's release."""
+    headers = sorted(p for ext in ("*.h", "*.cuh") for p in source.parent.glob(ext))
+    stem = f"{source.stem}-{_fingerprint(nvcc, source, headers, OBJECT_FLAGS)}"
+    return obj_dir / f"{stem}.o", obj_dir / f"{stem}.ptxas.txt"
+
+
+def missing_objects(nvcc, csrc, directory):
+    """The csrc/*.cu whose current object is not in directory/obj (those a build compiles)."""
+    return [s for s in sorted(csrc.glob("*.cu"))
+            if not all(p.is_file() for p in object_paths(nvcc, s, directory / "obj"))]
+
+
 def compile_object(nvcc, source, obj_dir, verbose=False):
-    """source.cu -> obj_dir/<stem>-<hash>.o (+ <stem>-<hash>.ptxas.txt), the hash over the
-    source, every header beside it, the flags and nvcc's version; skipped when that object
-    exists. Returns (object, ptxas log) paths."""
+    """source.cu -> its object_paths(), skipped when that object exists. Returns them."""
     csrc = source.parent
-    headers = sorted(p for ext in ("*.h", "*.cuh") for p in csrc.glob(ext))
-    flags = [*build_flags.NVCC_FLAGS, f"-I{csrc}"]
-    stem = f"{source.stem}-{_fingerprint(nvcc, source, headers, flags)}"
-    obj, log = obj_dir / f"{stem}.o", obj_dir / f"{stem}.ptxas.txt"
+    obj, log = object_paths(nvcc, source, obj_dir)
     if obj.is_file() and log.is_file():
         return obj, log
-    tmp = obj.with_suffix(f".{os.getpid()}.tmp.o")
-    cmd = [nvcc, "-c", str(source), "-o", str(tmp), *flags]
+    tmp = obj.with_suffix(f".{os.getpid()}.tmp.o").resolve()
+    cmd = [nvcc, "-c", source.name, "-o", str(tmp), *OBJECT_FLAGS]
     if verbose:
-        print(" ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"(cd {csrc} && {' '.join(cmd)})", flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=csrc)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         raise CudaBuildError(f"nvcc failed on {source.name}:\n{diagnostics(done.stdout + done.stderr)}")
@@ -119,23 +142,38 @@ def compile_object(nvcc, source, obj_dir, verbose=False):
     return obj, log
 
 
+def compile_objects(nvcc, csrc, directory, verbose=False):
+    """Every csrc/*.cu -> its cached object in directory/obj (compile_object), in parallel;
+    ptxas's reports gathered in directory/ptxas.txt. Returns the (object, ptxas log) pairs.
+    The caller holds the build lock."""
+    obj_dir = directory / "obj"
+    obj_dir.mkdir(parents=True, exist_ok=True)
+    sources = sorted(csrc.glob("*.cu"))
+    jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)  # MAX_JOBS: as torch's builds
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(jobs, len(sources)))) as pool:
+        built = list(pool.map(lambda s: compile_object(nvcc, s, obj_dir, verbose), sources))
+    (directory / PTXAS_REPORT).write_text("".join(log.read_text() for _, log in built))
+    return built
+
+
+def build_lock(directory):
+    import filelock
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(directory / "build.lock"))
+
+
 def build(csrc=None, directory=None, verbose=False):
     """Compile csrc/ into the extension module and return it (imported). Raises CudaBuildError."""
-    import filelock
     import torch.utils.cpp_extension as cpp
 
     csrc = csrc_dir(csrc)
     directory = Path(directory) if directory else build_dir()
     nvcc, cuda_root = find_nvcc()
-    obj_dir, ext_dir = directory / "obj", directory / "ext"
-    obj_dir.mkdir(parents=True, exist_ok=True)
+    ext_dir = directory / "ext"
     ext_dir.mkdir(parents=True, exist_ok=True)
-    sources = sorted(csrc.glob("*.cu"))
-    with filelock.FileLock(str(directory / "build.lock")):
-        jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)  # MAX_JOBS: as torch's builds
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(jobs, len(sources)))) as pool:
-            built = list(pool.map(lambda s: compile_object(nvcc, s, obj_dir, verbose), sources))
-        (directory / PTXAS_REPORT).write_text("".join(log.read_text() for _, log in built))
+    with build_lock(directory):
+        built = compile_objects(nvcc, csrc, directory, verbose)
         lib = next((cuda_root / d for d in ("lib64", "lib", "targets/x86_64-linux/lib")
                     if (cuda_root / d / "libcudart.so").exists()), cuda_root / "lib64")
         try:
