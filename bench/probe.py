@@ -100,11 +100,13 @@ def warm(jobs):
 
 
 def measure(out, backends):
-    from mini_llm.cli import main as cli
+    from . import quant_vs_bf16, suite
 
-    from . import quant_vs_bf16
-
-    status = cli(suite_argv(out, backends))
+    parser = argparse.ArgumentParser(prog="mini-llm bench")
+    suite.add_arguments(parser)
+    args = parser.parse_args(suite_argv(out, backends)[1:])
+    args.argv = suite_argv(out, backends)  # the command the results name
+    status = suite.main(args)
     if any(b != "torch" for b in backends.split(",")):
         quant_vs_bf16.main(quant_argv(out, backends))
     return status
