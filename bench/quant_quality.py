@@ -5,7 +5,7 @@
 The validation loss is taken over the whole validation split (consecutive, non-overlapping
 windows of the model's context, every position scored), not a sample of batches, so the
 differences between formats are not noise. Formats: the checkpoint's own weights, int8 per
-channel, int4 with groups of 32, 64 and 128 (mini_llm/quant.py). The weight bytes count every
+channel, int4 with groups of 32, 64 and 128 (mini_llm/ops/quant_format.py). The weight bytes count every
 parameter and buffer of the model (the embedding, shared with the output head, stays in full
 precision). Writes bench/results/quant_quality_<layers>L_<width>C.{json,md}.
 """

@@ -298,7 +298,7 @@ void decode_attention(const torch::Tensor& q, const torch::Tensor& k_cache, cons
 
 // -- quant_matmul --
 
-// out (..., N) = x (..., K) @ W.T with W stored quantized (csrc/quant_matmul.h, mini_llm/quant.py):
+// out (..., N) = x (..., K) @ W.T with W stored quantized (csrc/quant_matmul.h, mini_llm/ops/quant_format.py):
 // qweight int8 (N, K) with float16 scales (N, 1) and group_size == K, or uint8 (N, K / 2) (two
 // int4 per byte) with float16 scales (N, K / group_size), group_size 32, 64 or 128. out is
 // preallocated, x's dtype. path: "auto", "gemv" or "tiled" (see QuantMatmulPath). The metadata

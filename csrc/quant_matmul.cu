@@ -1,5 +1,5 @@
 // Weight-only quantized matmul out (M, N) = x (M, K) @ W.T, W stored as int8 per output channel
-// or int4 in groups along K (format: quant_matmul.h, mini_llm/quant.py). The weight is never
+// or int4 in groups along K (format: quant_matmul.h, mini_llm/ops/quant_format.py). The weight is never
 // dequantized to memory: each kernel reads the packed bytes and dequantizes in registers.
 // Launchers in quant_matmul.h; binding csrc/bindings.cpp; Python wrapper
 // mini_llm/ops/cuda/quant_matmul.py; tests tests/test_cuda_quant_matmul.py; standalone check and

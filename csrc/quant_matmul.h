@@ -1,7 +1,7 @@
 // Launchers of the weight-only quantized matmul out = x @ W.T (defined in quant_matmul.cu, kernels
 // in quant_matmul_gemv.cu and quant_matmul_tiled.cu; plain pointers, no torch types).
 //
-// The weight W (N, K) = (out_features, in_features) is stored quantized (mini_llm/quant.py):
+// The weight W (N, K) = (out_features, in_features) is stored quantized (mini_llm/ops/quant_format.py):
 //   bits 8: qweight int8 (N, K), W[n, k] = q * scales[n]            (group_size == K)
 //   bits 4: qweight uint8 (N, K / 2); byte j of a row holds k = 2j in its low nibble and
 //           k = 2j + 1 in its high one, nibble u meaning q = u - 8;

@@ -1,6 +1,6 @@
 """Weight-only quantized matmul in Triton: y = x @ W.T with W stored as int8 or packed int4.
 
-The op is `quant_matmul` in mini_llm/ops/reference.py, the format is mini_llm/quant.py: x
+The op is `quant_matmul` in mini_llm/ops/reference.py, the format is mini_llm/ops/quant_format.py: x
 (..., K) in fp32/fp16/bf16; qweight int8 (N, K) with one float16 scale per row, or uint8
 (N, K // 2) holding two int4 per byte (k = 2j low nibble, 2j + 1 high, stored as q + 8) with a
 float16 scale per group of group_size (32/64/128) consecutive k. Output (..., N) in x's dtype.

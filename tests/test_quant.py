@@ -1,5 +1,5 @@
 """Weight-only quantization (the format: mini_llm/ops/quant_format.py; modules and models:
-mini_llm/quant.py) and the reference / torch quant_matmul: the format's error bound element by
+mini_llm/ops/quant_format.py) and the reference / torch quant_matmul: the format's error bound element by
 element, int4 packing, all-zero rows and groups, tiny and float16-rounded scales,
 QuantizedLinear against nn.Linear, quantize_model with a save / load round trip that gives
 identical logits, and every error a user can hit.

@@ -41,7 +41,7 @@
 using mini_llm::DType;
 using mini_llm::QuantMatmulPath;
 
-// A random (N, K) weight quantized as mini_llm/quant.py does: q = round(w / scale), scale =
+// A random (N, K) weight quantized as mini_llm/ops/quant_format.py does: q = round(w / scale), scale =
 // absmax / qmax of the row (int8) or group (int4), stored as float16. `q` keeps the integers.
 struct QuantWeight {
   int N, K, bits, group_size;

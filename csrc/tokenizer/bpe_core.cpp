@@ -323,7 +323,7 @@ class Trainer {
 }  // namespace
 
 PYBIND11_MODULE(_bpe_core, m) {
-  m.doc() = "The BPE tokenizer's hot loops (see csrc/bpe_core.cpp)";
+  m.doc() = "The BPE tokenizer's hot loops (see csrc/tokenizer/bpe_core.cpp)";
   py::class_<Pretokenizer>(m, "Pretokenizer")
       .def(py::init<std::string>(), py::arg("classes"))
       .def("split", [](const Pretokenizer& p, const py::str& text) { return p.split(utf8_of(text)); })

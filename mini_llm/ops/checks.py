@@ -23,7 +23,7 @@ CUDA_NORM_MAX_COLS = 8192  # kNormMaxCols: 512 threads x 16 elements (csrc/layer
 ATTENTION_HEAD_DIMS = (32, 64, 128)  # both backends; kAttentionHeadDims
 TRITON_DECODE_HEAD_DIMS = (32, 64, 128)
 CUDA_DECODE_HEAD_DIMS = (64, 128)  # kDecodeHeadDims
-# The quantized weight formats (mini_llm/quant.py), both backends.
+# The quantized weight formats (mini_llm/ops/quant_format.py), both backends.
 QUANT_BITS = (4, 8)
 QUANT_GROUP_SIZES = (32, 64, 128)  # int4 (kQuantGroupSizes); int8 has one scale per output channel
 
@@ -205,7 +205,7 @@ def check_decode_attention(op, q, k_cache, v_cache, cache_lens, head_dims, longe
 
 
 def check_quant_weight(op, qweight, scales, group_size):
-    """A quantized weight (mini_llm/quant.py): int8 (N, K), one float16 scale per row
+    """A quantized weight (mini_llm/ops/quant_format.py): int8 (N, K), one float16 scale per row
     (group_size == K); or uint8 (N, K // 2), two int4 per byte, float16 scales
     (N, K // group_size), group_size in QUANT_GROUP_SIZES. Returns (bits, N, K)."""
     check_dtype(op, (torch.int8, torch.uint8), qweight=qweight)

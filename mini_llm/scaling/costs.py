@@ -41,7 +41,7 @@ TRAINING_RECIPES = [
     ("fp32 SGD with momentum", 4, 4, 4),
 ]
 # Bytes per parameter of the weights alone, for inference: int8 keeps a float16 scale per output
-# row, int4 one per group of 64 weights (mini_llm/quant.py).
+# row, int4 one per group of 64 weights (mini_llm/ops/quant_format.py).
 INFERENCE_WEIGHTS = [("float32", 4.0), ("bfloat16", 2.0), ("int8 (+ a scale per row)", 1.0),
                      ("int4, group 64", 0.5 + 2 / 64)]
 # Memory traffic of one training step per parameter, float32: the forward and the backward read

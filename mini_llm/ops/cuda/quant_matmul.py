@@ -1,5 +1,5 @@
 """CUDA weight-only quantized matmul: x @ W.T with W stored int8 per output channel or int4
-group-wise (format: mini_llm/quant.py), dequantized in registers, never in memory.
+group-wise (format: mini_llm/ops/quant_format.py), dequantized in registers, never in memory.
 
 The kernels are in csrc/quant_matmul.cu (its header comment explains the GEMV path for M <= 16,
 the tensor-core tiled path above, and the dequantization tricks); this file checks the inputs
