@@ -11,7 +11,9 @@
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
     mini-llm costs [--preset NAME] [model settings...] [--measure]
+    mini-llm scaling sweep --out DIR --budgets C [C ...] [--grid-params N ... --grid-tokens D ...]
     mini-llm scaling fit RUNS.csv --out DIR [--params-column params|params_with_embeddings]
+    mini-llm scaling check FIT.json --budget C --out DIR
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -43,6 +45,7 @@ from .profile import profile, synthetic_training_of
 from .quant import load_quantized, quantize_model, save_quantized
 from .scaling.costs import format_costs, model_costs
 from .scaling.fit import fit_table, format_summary
+from .scaling.sweep import Settings, check_prediction, plan_grid, plan_isoflop, run_sweep
 from .scratch.train import ScratchTrainConfig, train_char_mlp
 from .tokenizer import train_bpe_file
 from .train import TrainConfig, resolve_device, train
@@ -218,6 +221,35 @@ def cmd_scaling_fit(args):
     print(f"wrote {args.out}/fit.json and plots")
 
 
+def sweep_settings(args):
+    return Settings(out=args.out, data=args.data, block_size=args.block_size,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    eval_iters=args.eval_iters, device=args.device)
+
+
+def cmd_scaling_sweep(args):
+    s = sweep_settings(args)
+    vocab_size, train_tokens = s.dataset()
+    planned = plan_isoflop(args.budgets, s, vocab_size) + plan_grid(
+        args.grid_params, args.grid_tokens, s, vocab_size)
+    if not planned:
+        raise MiniLLMError("nothing to run: give --budgets, or --grid-params with --grid-tokens")
+    print(f"{len(planned)} runs; the training split has {train_tokens} tokens")
+    rows = run_sweep(planned, s)
+    for r in rows:
+        print(f"{r['name']:>22}: N {r['params']:>8} D {r['tokens']:>9} C {r['flops']:.2e} "
+              f"loss {r['loss']:.4f} ({r['epochs']:.2f} epochs, {r['seconds']:.0f} s)")
+    print(f"wrote {args.out}/runs.csv")
+
+
+def cmd_scaling_check(args):
+    r = check_prediction(args.fit, args.budget, sweep_settings(args))
+    print(f"budget {args.budget:.2e}: N {r['params']} trained on {r['tokens']} tokens "
+          f"({r['epochs']:.2f} epochs): predicted loss {r['predicted_loss']:.4f}, measured "
+          f"{r['loss']:.4f}, error {r['error']:+.4f} ({100 * r['relative_error']:+.1f}%)")
+    print(f"wrote {args.out}/check.json")
+
+
 def cmd_costs(args):
     preset = get_preset(args.preset or default_preset())
     config = GPTConfig(**{**preset["model"], **given(args, GPTConfig)})
@@ -364,6 +396,32 @@ def build_parser():
                    help="runs whose flops differ by less than this fraction share a budget")
     p.add_argument("--force", action="store_true", help="overwrite an existing fit.json")
     p.set_defaults(func=cmd_scaling_fit)
+
+    def sweep_flags(p):
+        p.add_argument("--out", required=True, help="folder for runs.csv and runs/<name>/")
+        p.add_argument("--data", help=HELP["data"])
+        p.add_argument("--block-size", type=int, default=64)
+        p.add_argument("--batch-size", type=int, default=16)
+        p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every run")
+        p.add_argument("--seed", type=int, default=1337)
+        p.add_argument("--eval-iters", type=int, default=20, help="validation batches per evaluation")
+        p.add_argument("--device", default="auto", help=HELP["device"])
+
+    p = scaling.add_parser("sweep", help="train an isoFLOP design (and/or an N x D grid) through "
+                           "the training loop; writes runs.csv (resumable: finished runs are skipped)")
+    sweep_flags(p)
+    p.add_argument("--budgets", type=float, nargs="*", default=[],
+                   help="compute budgets in FLOPs, e.g. 1e11 3e11 1e12: five sizes each")
+    p.add_argument("--grid-params", type=float, nargs="*", default=[], help="grid: model sizes N")
+    p.add_argument("--grid-tokens", type=float, nargs="*", default=[], help="grid: token counts D")
+    p.set_defaults(func=cmd_scaling_sweep)
+
+    p = scaling.add_parser("check", help="train the run a fit predicts best at a larger budget and "
+                           "compare its loss with the prediction (writes check.json)")
+    p.add_argument("fit", help="fit.json from `mini-llm scaling fit`")
+    p.add_argument("--budget", type=float, required=True, help="the compute budget in FLOPs")
+    sweep_flags(p)
+    p.set_defaults(func=cmd_scaling_check)
     return parser
 
 

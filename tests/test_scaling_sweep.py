@@ -16,10 +16,10 @@ def test_the_shape_rule_grows_width_and_depth_together():
     sizes = [1e4, 3e4, 1e5, 3e5]
     configs = [shape_for(n, 65, 64) for n in sizes]
     for n, c in zip(sizes, configs):
-        assert c.n_embd == HEAD_SIZE * c.n_head and c.n_layer == max(1, round(c.n_embd / 32))
-        assert 0.5 < model_costs(c, 1).non_embedding / n < 2  # the closest shape to N
-    widths = [c.n_embd for c in configs]
-    assert widths == sorted(widths) and len(set(widths)) == len(widths)
+        assert c.n_embd == HEAD_SIZE * c.n_head and 16 <= c.n_embd / c.n_layer <= 64
+        assert 0.7 < model_costs(c, 1, activations=False).non_embedding / n < 1.4
+    counts = [model_costs(c, 1, activations=False).non_embedding for c in configs]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
 
 
 def test_each_isoflop_run_spends_its_budget(tmp_path):
@@ -27,7 +27,7 @@ def test_each_isoflop_run_spends_its_budget(tmp_path):
     planned = plan_isoflop([1e11, 1e12], s, 65)
     for budget in (1e11, 1e12):
         runs = [p for p in planned if p.budget == budget]
-        assert len(runs) >= 4  # sizes from D/N = 1 to 256, a few may share a shape
+        assert len(runs) == 5  # sizes from D/N = 1 to 256, each its own shape
         for p in runs:  # whole iterations: within half an iteration of the budget
             per_iter = flops_of(p, s) / p.iters
             assert abs(flops_of(p, s) - budget) <= per_iter / 2 + 1
@@ -48,10 +48,10 @@ def test_a_tiny_sweep_writes_a_table_the_fit_reads_and_skips_finished_runs(corpu
     assert run_sweep(planned, s) == rows  # read back from each run's summary.json
 
 
-def test_a_budget_too_small_is_a_clear_error(tmp_path, capsys):
+def test_a_budget_too_small_is_a_clear_error(corpus, tmp_path, capsys):
     with pytest.raises(ConfigError, match="buys 0 iterations"):
         plan_isoflop([1e6], Settings(out=str(tmp_path)), 65)
-    code = main(["scaling", "sweep", "--out", str(tmp_path / "s"), "--budgets", "1e6"])
+    code = main(["scaling", "sweep", "--out", str(tmp_path / "s"), "--data", str(corpus), "--budgets", "1e6"])
     assert code == 2 and "buys 0 iterations" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()  # refused before anything was written
 

@@ -68,7 +68,7 @@ class Costs:
     dtype: str  # of the matmuls: float32, or bfloat16 (autocast)
     params: dict  # part -> count; a tied head counts 0 here (it is the token embedding)
     matmul_params: int  # N_mm: every matmul's weights, the head included even when tied
-    activation_bytes: int  # what one training step saves for its backward (mini_llm.memory)
+    activation_bytes: int | None  # what one training step saves for its backward (mini_llm.memory)
 
     @property
     def total(self):
@@ -113,10 +113,11 @@ class Costs:
         return tokens * self.training_flops(), moved
 
 
-def model_costs(config, batch_size, dtype="float32", device="cpu"):
+def model_costs(config, batch_size, dtype="float32", device="cpu", activations=True):
     """The costs of `config` trained at `batch_size` x block_size tokens per step; dtype of the
     matmuls ("float32", or "bfloat16" for autocast), device "cpu" or "cuda" (for the
-    activations' size)."""
+    activations' size). activations=False skips the memory walk (activation_bytes None) when
+    only parameters and FLOPs are wanted: it is the slow part."""
     with torch.device("meta"):  # shapes only, no memory
         model = GPT(config)
     params = dict.fromkeys(PARTS, 0)
@@ -126,9 +127,11 @@ def model_costs(config, batch_size, dtype="float32", device="cpu"):
                  if p.dim() == 2 and _part(name) in ("attention", "MLP", "head"))
     if config.tie_weights:
         matmul += model.wte.weight.numel()
-    memory = predict_training_memory(config, batch_size, dtype=dtype, device=device)
-    activations = sum(n for _, n in memory.activations)
-    return Costs(config, batch_size, dtype, params, matmul, activations)
+    saved = None
+    if activations:
+        memory = predict_training_memory(config, batch_size, dtype=dtype, device=device)
+        saved = sum(n for _, n in memory.activations)
+    return Costs(config, batch_size, dtype, params, matmul, saved)
 
 
 def roofline_seconds(flops, n_bytes, ceilings):

@@ -9,8 +9,10 @@ Two designs:
            256, so that the budget's best size lies inside them.
   grid     every size against every token count (Kaplan et al.'s N x D grid).
 
-One rule gives a model its shape from N (shape_for): head size 16, depth = width / 32 (at least
-one layer), the width the one whose non-embedding parameters come closest to N. Every run gets
+One rule gives a model its shape from N (shape_for): about 12 L C^2 non-embedding parameters
+for L layers of width C, kept at C / L near 32 (depth grows as N^(1/3), width as N^(1/3) too,
+each layer a multiple of 8 wide, heads of 8), so that factors of two in N stay distinct shapes
+even at a few thousand parameters. Every run gets
 a learning-rate schedule of its own length (warm-up 5%, cosine to a tenth: Chinchilla's point
 that a schedule longer than the run overstates the loss) and ends with an evaluation on the
 validation split; that loss is the table's `loss`. A run folder that holds a summary.json is
@@ -25,17 +27,20 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from ..data import TINY_SHAKESPEARE, atomic_write_bytes, fetch, prepare_dataset
+from ..data import TINY_SHAKESPEARE, prepare_dataset
+from ..files import atomic_write_bytes, fetch
 from ..errors import ConfigError
 from ..model import GPTConfig
 from ..train import TrainConfig, train
 from .costs import model_costs
 from .parametric import ScalingLaw
 
-HEAD_SIZE, ASPECT = 16, 32  # the shape rule: C = n_head * 16, n_layer = C / 32
+HEAD_SIZE, ASPECT = 8, 32  # the shape rule: C = n_head * 8, C / n_layer near 32
 TOKENS_PER_PARAM = (1, 4, 16, 64, 256)  # isoflop: D / N of the sizes tried at each budget
+MIN_ITERS = 10  # fewer optimizer steps than this is no training run
 COLUMNS = ("name", "design", "budget", "params", "params_with_embeddings", "tokens", "flops", "loss",
            "epochs", "seconds", "n_layer", "n_head", "n_embd", "iters", "batch_size", "block_size",
            "lr", "seed", "data")
@@ -65,13 +70,18 @@ class Settings:
 
 def shape_for(n_params, vocab_size, block_size):
     """The model of about n_params non-embedding parameters under the shape rule."""
-    configs = (shape_for_width(w, vocab_size, block_size) for w in range(HEAD_SIZE, 1025, HEAD_SIZE))
-    return min(configs, key=lambda c: abs(math.log(model_costs(c, 1).non_embedding / n_params)))
-
-
-def shape_for_width(width, vocab_size, block_size):
+    depth = max(1, round((n_params / (12 * ASPECT ** 2)) ** (1 / 3)))
+    width = HEAD_SIZE * max(1, round(math.sqrt(n_params / (12 * depth)) / HEAD_SIZE))
     return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_embd=width,
-                     n_head=width // HEAD_SIZE, n_layer=max(1, round(width / ASPECT)))
+                     n_head=width // HEAD_SIZE, n_layer=depth)
+
+
+def shape_name(config):
+    return f"L{config.n_layer}-W{config.n_embd}"
+
+
+def costs(config, batch_size=1):
+    return model_costs(config, batch_size, activations=False)
 
 
 @dataclass
@@ -91,12 +101,17 @@ def plan_isoflop(budgets, s, vocab_size):
         seen = set()
         for ratio in TOKENS_PER_PARAM:
             config = shape_for(math.sqrt(budget / (6 * ratio)), vocab_size, s.block_size)
-            if config.n_embd in seen:  # two ratios rounded to the same shape
+            if (config.n_layer, config.n_embd) in seen:  # two ratios rounded to the same shape
                 continue
-            seen.add(config.n_embd)
-            tokens = budget / model_costs(config, s.batch_size).training_flops()
-            iters = max(1, round(tokens / s.tokens_per_iter()))
-            runs.append(Planned(f"C{budget:.0e}-C{config.n_embd}", "isoflop", budget, config, iters))
+            seen.add((config.n_layer, config.n_embd))
+            tokens = budget / costs(config).training_flops()
+            iters = round(tokens / s.tokens_per_iter())
+            if iters < MIN_ITERS:
+                raise ConfigError(
+                    f"a budget of {budget:.3g} FLOPs buys {iters} iterations of {s.tokens_per_iter()} "
+                    f"tokens for a model of {costs(config).non_embedding} parameters; "
+                    f"give budgets of at least {budget * MIN_ITERS / max(iters, 0.5):.2g}")
+            runs.append(Planned(f"C{budget:.0e}-{shape_name(config)}", "isoflop", budget, config, iters))
     return runs
 
 
@@ -105,8 +120,11 @@ def plan_grid(sizes, token_counts, s, vocab_size):
     for n in sizes:
         config = shape_for(n, vocab_size, s.block_size)
         for tokens in token_counts:
-            iters = max(1, round(tokens / s.tokens_per_iter()))
-            runs.append(Planned(f"N{config.n_embd}-D{tokens:.0e}", "grid", 0.0, config, iters))
+            iters = round(tokens / s.tokens_per_iter())
+            if iters < MIN_ITERS:
+                raise ConfigError(f"{tokens:.3g} tokens are {iters} iterations of {s.tokens_per_iter()} "
+                                  f"tokens; give at least {MIN_ITERS * s.tokens_per_iter()}")
+            runs.append(Planned(f"{shape_name(config)}-D{tokens:.0e}", "grid", 0.0, config, iters))
     return runs
 
 
@@ -126,7 +144,7 @@ def run_sweep(planned, s):
 
 def flops_of(p, s):
     """The training compute of run p: its tokens times its FLOPs per token."""
-    return p.iters * s.tokens_per_iter() * model_costs(p.config, s.batch_size).training_flops()
+    return p.iters * s.tokens_per_iter() * costs(p.config).training_flops()
 
 
 def train_one(p, s, folder):
@@ -144,10 +162,10 @@ def train_one(p, s, folder):
 
 
 def row(p, s, summary, train_tokens):
-    costs = model_costs(p.config, s.batch_size)
+    k = costs(p.config)
     tokens = p.iters * s.tokens_per_iter()
-    return {"name": p.name, "design": p.design, "budget": p.budget, "params": costs.non_embedding,
-            "params_with_embeddings": costs.total, "tokens": tokens, "flops": flops_of(p, s),
+    return {"name": p.name, "design": p.design, "budget": p.budget, "params": k.non_embedding,
+            "params_with_embeddings": k.total, "tokens": tokens, "flops": flops_of(p, s),
             "loss": summary["val_loss"], "epochs": round(tokens / train_tokens, 3),
             "seconds": round(summary["wall_s"], 2), "n_layer": p.config.n_layer,
             "n_head": p.config.n_head, "n_embd": p.config.n_embd, "iters": p.iters,
@@ -170,12 +188,29 @@ def predict(fit_json, budget, s):
     law = ScalingLaw(*(fit[k] for k in ("E", "A", "B", "alpha", "beta")))
     vocab_size, _ = s.dataset()
     best = None
-    for width in range(HEAD_SIZE, 1025, HEAD_SIZE):
-        config = shape_for_width(width, vocab_size, s.block_size)
-        costs = model_costs(config, s.batch_size)
-        iters = max(1, round(budget / costs.training_flops() / s.tokens_per_iter()))
-        tokens = iters * s.tokens_per_iter()
-        predicted = float(law.loss(costs.non_embedding, tokens))
+    for n in np.geomspace(1e3, 1e8, 200):  # every shape of the rule in that range, once
+        config = shape_for(n, vocab_size, s.block_size)
+        k = costs(config)
+        iters = round(budget / k.training_flops() / s.tokens_per_iter())
+        if iters < MIN_ITERS:
+            continue
+        predicted = float(law.loss(k.non_embedding, iters * s.tokens_per_iter()))
         if best is None or predicted < best[0]:
-            best = (predicted, Planned(f"C{budget:.0e}-C{width}", "isoflop", budget, config, iters))
+            best = (predicted, Planned(f"C{budget:.0e}-{shape_name(config)}", "isoflop", budget, config, iters))
+    if best is None:
+        raise ConfigError(f"a budget of {budget:.3g} FLOPs buys fewer than {MIN_ITERS} iterations of any model")
     return best
+
+
+def check_prediction(fit_json, budget, s):
+    """Train the run that fit_json predicts best for `budget`; write check.json with the
+    predicted and the measured loss. Returns that record."""
+    out = Path(s.out) / "check.json"
+    predicted, p = predict(fit_json, budget, s)
+    _, train_tokens = s.dataset()
+    measured = row(p, s, train_one(p, s, Path(s.out) / "runs" / p.name), train_tokens)
+    record = {**measured, "fit": str(fit_json), "predicted_loss": predicted,
+              "error": measured["loss"] - predicted,
+              "relative_error": (measured["loss"] - predicted) / predicted}
+    atomic_write_bytes(out, (json.dumps(record, indent=2) + "\n").encode())
+    return record
