@@ -18,6 +18,10 @@ class CheckpointError(MiniLLMError):
     pass
 
 
+class DivergedError(MiniLLMError):
+    """Training produced a non-finite loss: stopped before anything non-finite was saved."""
+
+
 class KernelSelectionError(MiniLLMError):
     pass
 

@@ -13,11 +13,14 @@ at most block_size tokens of context. A prompt longer than block_size keeps only
 import torch
 
 from . import nvtx
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError
 
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     """Draw one token per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
+    if not torch.isfinite(logits).all():  # NaN weights: a diverged run's checkpoint
+        raise DivergedError("the model's logits are not finite (NaN or inf): its weights are "
+                            "broken, e.g. saved by a run that diverged")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature

@@ -16,6 +16,7 @@ and the loop seeds the dropout masks per iteration.
 
 import hashlib
 import json
+import math
 import statistics
 import time
 from contextlib import nullcontext
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from . import nvtx
 from .checkpoint import FILE_NAME, save_checkpoint
+from .errors import DivergedError
 from .files import atomic_write_bytes
 from .optim import clip_grad_norm, lr_at
 from .plot import plot_runs, read_metrics
@@ -112,6 +114,7 @@ def fit(run, task):
                 record = {"kind": "train", "iter": it + 1, "loss": float(run.ranks.mean(loss)), "lr": lr,
                           **clock.lap(it + 1),  # after float(loss): the device has caught up
                           **{k: float(run.ranks.mean(v)) for k, v in values.items()}}
+                check_finite(run, record)
                 write_record(metrics, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['ms_per_iter']:.1f}",
                                 tok_s=f"{record['tokens_per_s']:,.0f}")
@@ -154,10 +157,23 @@ def evaluate(run, task, it, metrics):
     with run.autocast:
         values = task.evaluate(run.model)
     run.model.train()
+    check_finite(run, {"kind": "eval", "iter": it, **values})  # before the checkpoint is saved
     write_record(metrics, {"kind": "eval", "iter": it, **values})
     if run.ranks.is_main:
         tqdm.write(f"step {it}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in values.items()))
     return values
+
+
+def check_finite(run, record):
+    """Stop on a NaN or infinite loss: a diverged run must not write a broken checkpoint, nor
+    JSON that strict parsers refuse. The checkpoints saved so far stay as they were."""
+    bad = {k: v for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        saved = run.out / FILE_NAME
+        kept = f"the last good checkpoint, {saved}, is kept" if saved.is_file() else "no checkpoint was saved"
+        raise DivergedError(f"training diverged at iteration {record['iter']} "
+                            f"({', '.join(f'{k} {v}' for k, v in bad.items())}); {kept}. "
+                            "A lower --lr or a longer --warmup-iters usually helps")
 
 
 def save(run, it):
@@ -178,7 +194,7 @@ def open_metrics(run):
 
 def write_record(metrics, record):
     if metrics is not None:  # None on the ranks that do not log
-        metrics.write(json.dumps(record) + "\n")
+        metrics.write(json.dumps(record, allow_nan=False) + "\n")
         metrics.flush()
 
 
@@ -206,5 +222,5 @@ class StepClock:
 def finish(run, summary):
     """Write summary.json and the loss plot (rank 0 only)."""
     if run.ranks.is_main:
-        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_bytes(run.out / "summary.json", (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
         plot_runs([run.out], run.out / "loss.png")

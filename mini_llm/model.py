@@ -55,6 +55,9 @@ class GPTConfig:
             raise ConfigError(f"rope needs an even head size, got {self.n_embd // self.n_head}")
         if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
             raise ConfigError(f"mlp_hidden must be a positive integer, got {self.mlp_hidden!r}")
+        for name in ("norm_eps", "rope_base"):  # also refuses NaN
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in CHOICES.items():

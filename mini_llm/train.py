@@ -106,6 +106,10 @@ def train(model_overrides, cfg, resume=None):
           f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
     print(f"device: {device} ({dtype}), kernels: {ops.describe(kernels)}, "
           f"{task.tokens_per_iter} tokens/iteration, iterations {run.start}..{cfg.max_iters}")
+    if ckpt is not None and cfg.lr_decay_iters < cfg.max_iters:  # resumed past the schedule's end
+        print(f"note: the learning rate follows the checkpoint's schedule, which reaches min_lr "
+              f"({cfg.min_lr:g}) at iteration {cfg.lr_decay_iters} and stays there to {cfg.max_iters}; "
+              f"a new run gets a schedule as long as itself")
     summary = fit(run, task)
     summary.update({
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else

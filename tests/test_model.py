@@ -26,6 +26,9 @@ def tiny(family, **kw):
     (dict(norm="batchnorm"), "norm must be one of"),
     (dict(pos="rope", n_embd=30, n_head=2), "rope needs an even head size"),
     (dict(mlp_hidden=0), "mlp_hidden must be a positive integer"),
+    (dict(norm_eps=-1.0), "norm_eps must be > 0"),
+    (dict(pos="rope", rope_base=0.0), "rope_base must be > 0"),
+    (dict(norm_eps=float("nan")), "norm_eps must be > 0"),
 ])
 def test_bad_configs_are_clear_errors(bad, message):
     with pytest.raises(ConfigError, match=message):
@@ -150,3 +153,14 @@ def test_bad_generation_settings(kw, message):
     args = {"max_new_tokens": 5, **kw}
     with pytest.raises(ConfigError, match=message):
         generate(tiny(GPT2), torch.zeros(1, 3, dtype=torch.long), **args)
+
+
+def test_sampling_from_broken_weights_is_a_clear_error():
+    """A checkpoint of a diverged run (NaN weights) ends in one error, not in torch.multinomial."""
+    from mini_llm.errors import DivergedError
+
+    model = tiny(GPT2).eval()
+    with torch.no_grad():
+        model.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    with pytest.raises(DivergedError, match="logits are not finite"):
+        generate(model, torch.zeros(1, 1, dtype=torch.long), 5)

@@ -177,3 +177,28 @@ def test_corrupt_checkpoint_through_the_real_command(trained):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(corpus, tmp_path, capsys):
+    """--lr 1e9 once wrote NaN checkpoints, a summary.json with a bare NaN and died in the final
+    sample; now it stops at the first non-finite loss, one line, exit 2."""
+    out = tmp_path / "run"
+    code = main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--lr", "1e9",
+                 "--warmup-iters", "0", "--max-iters", "20", "--eval-interval", "2", "--log-interval", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "training diverged at iteration" in err[0], err
+    assert not (out / "summary.json").exists()
+    for line in (out / "metrics.jsonl").read_text().splitlines():  # strict JSON: no NaN
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-finite {c} in metrics.jsonl"))
+    if (out / "ckpt.safetensors").exists():  # saved before the loss broke: finite throughout
+        ckpt = load_checkpoint(out)
+        assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+        assert "the last good checkpoint" in err[0]
+
+
+def test_resuming_past_the_schedule_says_what_the_learning_rate_does(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+                 "--max-iters", "4", "--sample-tokens", "0"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--max-iters", "6"]) == 0
+    assert "reaches min_lr (0.0001) at iteration 4 and stays there to 6" in capsys.readouterr().out
