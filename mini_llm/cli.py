@@ -284,7 +284,15 @@ def add_quant_flags(p, required):
 def build_parser():
     parser = argparse.ArgumentParser(prog="mini-llm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    add_training_commands(sub)
+    add_systems_commands(sub)
+    add_stage_commands(sub)
+    add_scaling_commands(sub)
+    return parser
 
+
+def add_training_commands(sub):
+    """train, sample, quantize, plot."""
     p = sub.add_parser("train", help="train the mini-LLM (default: Tiny Shakespeare, by characters)")
     p.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: shakespeare-char on a GPU, "
                    "shakespeare-char-cpu otherwise)")
@@ -315,6 +323,15 @@ def build_parser():
     p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
     p.set_defaults(func=cmd_quantize)
 
+
+    p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
+    p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
+    p.add_argument("-o", "--output", default="loss.png")
+    p.set_defaults(func=cmd_plot)
+
+
+def add_systems_commands(sub):
+    """bench, profile, memory: the kernel lab and systems measurements."""
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)
@@ -342,6 +359,9 @@ def build_parser():
                    "tokens and print the measured peak beside the prediction")
     p.set_defaults(func=cmd_memory)
 
+
+def add_stage_commands(sub):
+    """scratch (stage F) and tokenizer (stage 1)."""
     p = sub.add_parser("scratch", help="stage F: neural networks from scratch in NumPy")
     scratch = p.add_subparsers(dest="scratch_command", required=True)
     p = scratch.add_parser("train", help="train the character MLP language model on the NumPy "
@@ -361,11 +381,9 @@ def build_parser():
     p.add_argument("--out", default="out/tokenizer", help="folder for encoder.json and vocab.bpe")
     p.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
-    p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
-    p.add_argument("-o", "--output", default="loss.png")
-    p.set_defaults(func=cmd_plot)
 
+def add_scaling_commands(sub):
+    """costs and scaling fit / sweep / check (stage 4)."""
     p = sub.add_parser("costs", help="a model's parameters by part, FLOPs per token, memory per "
                        "parameter, KV cache, arithmetic intensity and predicted step time")
     p.add_argument("--preset", help="default: shakespeare-char on a GPU, shakespeare-char-cpu otherwise")
@@ -422,7 +440,6 @@ def build_parser():
     p.add_argument("--budget", type=float, required=True, help="the compute budget in FLOPs")
     sweep_flags(p)
     p.set_defaults(func=cmd_scaling_check)
-    return parser
 
 
 def main(argv=None):
