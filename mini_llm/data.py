@@ -130,6 +130,10 @@ def tokenizer_from_dict(d):
     written before BPE existed have no "kind" and are characters."""
     if d.get("kind", "char") == "char":
         return CharTokenizer(d["chars"])
+    if d["kind"] == "chat":  # a tokenizer with chat markers (mini_llm.align.chat)
+        from .align.chat import ChatTokenizer
+
+        return ChatTokenizer.from_dict(d)
     from .tokenizer import Tokenizer  # here, not on top: mini_llm.tokenizer imports this module
 
     return Tokenizer.from_dict(d)
