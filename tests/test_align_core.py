@@ -122,6 +122,8 @@ def test_bad_examples_are_refused_with_where_they_are(tmp_path):
     path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": \n')
     with pytest.raises(DataError, match=r"f.jsonl:3: not valid JSON"):
         read_jsonl(path, ("prompt", "response"))
+    path.write_text('{"prompt": "a", "response": "b"}\n')
+    assert read_jsonl(path, ("prompt", "response")) == [(f"{path}:1", {"prompt": "a", "response": "b"})]
     path.write_text('{"prompt": "a", "response": 3}\n')
     with pytest.raises(DataError, match=r"f.jsonl:1: needs a string 'response'"):
         read_jsonl(path, ("prompt", "response"))

@@ -23,8 +23,9 @@ IGNORE = -1  # a label no loss reads (the model's cross_entropy ignores -1)
 
 
 def read_jsonl(path, fields):
-    """Every line of `path` as a dict with the string `fields` (others are kept as they are).
-    All lines are checked before anything uses them: the error names the file and line."""
+    """[(where, row)]: each line of `path` as a dict with the string `fields` (others kept as
+    they are), `where` being "path:line". Every line is checked before anything uses one, and
+    an error names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no data file at {path}")
@@ -42,7 +43,7 @@ def read_jsonl(path, fields):
             for name in fields:
                 if not isinstance(row.get(name), str):
                     raise DataError(f"{path}:{number}: needs a string {name!r}")
-            rows.append(row)
+            rows.append((f"{path}:{number}", row))
     if not rows:
         raise DataError(f"{path} holds no examples")
     return rows
@@ -112,6 +113,12 @@ class Batch:
 def collate(examples):
     ids, lengths = pad([e.ids for e in examples])
     return Batch(ids, lengths, response_labels(examples, ids.size(1)))
+
+
+def collate_pairs(pairs):
+    """One batch of 2B sequences for B (chosen, rejected) pairs: the chosen first, so a
+    per-sequence result splits with .chunk(2) (TRL's concatenated forward)."""
+    return collate([c for c, _ in pairs] + [r for _, r in pairs])
 
 
 def pick(n_examples, batch_size, generator):

@@ -1,0 +1,166 @@
+"""Sampling answers and scoring them: `mini-llm align pairs` and `mini-llm align eval`.
+
+pairs: answers sampled from a model (the SFT model) two by two, labelled by the gold reward:
+       the preference data of the DPO paper's controlled experiment.
+eval:  for each model, answers sampled at temperature 1 (the model's own distribution, which
+       the KL estimate needs), their mean gold reward, the sequence-level KL to a reference
+       model, each with its standard error, and the share of answers in the task's format.
+       Base, SFT and DPO models then sit on one reward-vs-KL plot (plot_frontier).
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import atomic_write_bytes
+from ..errors import ConfigError, DataError
+from ..generate import generate
+from ..loop import seeded
+from .batches import Encoded, collate, read_jsonl
+from .chat import chat_template
+from .gold import gold_reward
+from .losses import kl_estimate, sequence_logps
+
+SPEAKER_LINE = re.compile(r"^[A-Z][A-Za-z' ]*:$", re.MULTILINE)  # "ROMEO:": a new speaker's turn
+
+
+@dataclass
+class Answer:
+    ids: list  # the response's tokens, with the end-of-turn token if the model stopped
+    text: str  # decoded, without the end-of-turn token
+    stopped: bool  # the model ended its turn within the context
+    clean: bool  # no chat marker inside (a model can sample one; it is not part of a speech)
+
+    @property
+    def usable(self):
+        """A finished, non-empty, clean answer: one that can serve as a training response."""
+        return self.stopped and self.clean and bool(self.text.strip())
+
+
+def distinct_prompts(path):
+    return list(dict.fromkeys(row["prompt"] for _, row in read_jsonl(path, ("prompt",))))
+
+
+@torch.no_grad()
+def sample_answers(model, tokenizer, prompt, n, generator):
+    """n answers to one prompt in one batch (one prompt: no padding), at temperature 1,
+    each ending at its end-of-turn token or at the end of the context."""
+    prompt_ids = tokenizer.encode(chat_template(prompt))
+    room = model.config.block_size - len(prompt_ids)
+    if room < 1:
+        raise DataError(f"the prompt {prompt[:40]!r} fills the context of {model.config.block_size}")
+    device = model.wte.weight.device
+    idx = torch.tensor([prompt_ids] * n, device=device)
+    out = generate(model, idx, room, temperature=1.0, generator=generator, stop_token=tokenizer.end_id)
+    answers = []
+    for row in out[:, len(prompt_ids):].tolist():
+        stopped = tokenizer.end_id in row
+        ids = row[: row.index(tokenizer.end_id) + 1] if stopped else row
+        body = ids[:-1] if stopped else ids
+        clean = all(i < tokenizer.base.vocab_size for i in body)
+        answers.append(Answer(ids, tokenizer.decode(body), stopped, clean))
+    return prompt_ids, answers
+
+
+@torch.no_grad()
+def answer_logps(model, prompt_ids, answers):
+    """log p(answer | prompt) under `model`, (n,)."""
+    b = collate([Encoded(prompt_ids, a.ids) for a in answers]).to(model.wte.weight.device)
+    return sequence_logps(model(b.ids)[0], b.labels).cpu()
+
+
+def in_format(answer):
+    """The task's format: one speech that the model ended itself, with no blank line and no
+    other speaker's turn in it."""
+    return answer.usable and "\n\n" not in answer.text and not SPEAKER_LINE.search(answer.text)
+
+
+def mean_and_stderr(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
+
+
+def evaluate_model(model, reference, tokenizer, prompts, samples_per_prompt, seed):
+    """Gold reward, KL(model || reference) and format rate of answers sampled from `model`."""
+    rewards, logp, logp_ref, formats, lengths, examples = [], [], [], [], [], []
+    for k, prompt in enumerate(prompts):
+        prompt_ids, answers = sample_answers(model, tokenizer, prompt, samples_per_prompt, seeded(seed, "eval", k))
+        rewards += [gold_reward(a.text) for a in answers]
+        logp.append(answer_logps(model, prompt_ids, answers))
+        logp_ref.append(answer_logps(reference, prompt_ids, answers))
+        formats += [in_format(a) for a in answers]
+        lengths += [len(a.ids) for a in answers]
+        examples.append({"prompt": prompt, "answer": answers[0].text})
+    kl, kl_stderr = kl_estimate(torch.cat(logp), torch.cat(logp_ref))
+    reward, reward_stderr = mean_and_stderr(rewards)
+    return {"gold_reward": reward, "gold_reward_stderr": reward_stderr, "kl": kl, "kl_stderr": kl_stderr,
+            "format_rate": sum(formats) / len(formats), "mean_tokens": sum(lengths) / len(lengths),
+            "samples": len(rewards), "seed": seed, "examples": examples[:3]}
+
+
+def make_pairs(model, tokenizer, prompts, n_pairs, seed, samples_per_prompt=8, bt_scale=None):
+    """n_pairs preference pairs from answers sampled per prompt (prompts in turn) and labelled
+    by the gold reward. A prompt's usable answers (answer.usable) are sorted by reward and the
+    upper half is paired with the lower half, best with median, and so on; ties are dropped (most
+    answers score 0, and a pair of two zeros says nothing). Labels: the higher reward is chosen,
+    or with bt_scale they are drawn from the Bradley-Terry model,
+    P(a preferred) = sigmoid(bt_scale * (r_a - r_b)): noisy labels, as human ones are.
+    Returns (pairs, answers sampled)."""
+    pairs, sampled, k = [], 0, 0
+    while len(pairs) < n_pairs:
+        prompt = prompts[k % len(prompts)]
+        generator = seeded(seed, "pairs", k)
+        _, answers = sample_answers(model, tokenizer, prompt, samples_per_prompt, generator)
+        sampled += len(answers)
+        scored = sorted(((gold_reward(a.text), a.text) for a in answers if a.usable), reverse=True)
+        half = len(scored) // 2
+        for (ra, a), (rb, b) in zip(scored[:half], scored[half:2 * half]):
+            if ra == rb:
+                continue
+            p_a = 1.0 / (1.0 + math.exp(-bt_scale * (ra - rb))) if bt_scale else 1.0
+            a_wins = torch.rand((), generator=generator).item() < p_a
+            (chosen, rc), (rejected, rr) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
+            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                          "chosen_reward": rc, "rejected_reward": rr})
+        k += 1
+        if k > 50 * n_pairs:
+            raise DataError(f"only {len(pairs)} usable pairs after {k} prompts: the model rarely ends "
+                            "its answers or its answers rarely differ in gold reward")
+    return pairs[:n_pairs], sampled
+
+
+def write_new(path, rows):
+    """Write JSON lines to a file that must not exist yet (nothing is overwritten)."""
+    path = Path(path)
+    if path.exists():
+        raise ConfigError(f"{path} exists: choose another output file")
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def plot_frontier(records, out_png):
+    """Gold reward against KL to the reference, one point per model (error bars: standard
+    errors), DPO points coloured by beta."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in records:
+        stage, beta = r.get("stage", "model"), r.get("beta")
+        label = f"{stage} (beta {beta})" if beta is not None else stage
+        ax.errorbar(r["kl"], r["gold_reward"], xerr=r["kl_stderr"], yerr=r["gold_reward_stderr"], fmt="o",
+                    capsize=3, label=label)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))  # one legend entry per stage and beta
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set(xlabel="KL(model || reference), nats per answer", ylabel="gold reward (VADER compound, mean)",
+           title="gold reward against KL to the SFT reference")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
