@@ -118,3 +118,19 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(base, sft_data, tm
     before = (out / "ckpt.safetensors").read_bytes()
     assert "exists" in run_error(capsys, [*sft, "--data", str(sft_data)])  # an existing run is kept
     assert (out / "ckpt.safetensors").read_bytes() == before
+
+
+def test_pairs_are_sampled_answers_labelled_by_the_gold_reward(base, tmp_path, monkeypatch):
+    from mini_llm.align import evaluate
+
+    monkeypatch.setattr(evaluate, "gold_reward", lambda text: float(len(text)))  # longer is better
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "All"}, {"prompt": "First Citizen"}])
+    out = tmp_path / "pairs.jsonl"
+    assert main(["align", "pairs", "--model", str(base), "--prompts", str(prompts), "--pairs", "6",
+                 "--samples-per-prompt", "8", "--out", str(out)]) == 0
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(pairs) == 6 and {p["prompt"] for p in pairs} <= {"All", "First Citizen"}
+    for p in pairs:
+        assert p["chosen_reward"] == len(p["chosen"]) > p["rejected_reward"] == len(p["rejected"])
+        assert "<|" not in p["chosen"] + p["rejected"] and p["rejected"].strip()
+    assert main(["align", "pairs", "--model", str(base), "--prompts", str(prompts), "--out", str(out)]) == 2
