@@ -7,7 +7,7 @@ import torch
 
 from mini_llm import ops
 from mini_llm.align.batches import IGNORE, collate, encode_turn, pad, read_jsonl
-from mini_llm.align.chat import END, ChatTokenizer, chat_template, grow_vocabulary, parse_chat
+from mini_llm.align.chat import ChatTokenizer, chat_template, grow_vocabulary, parse_chat
 from mini_llm.align.losses import (bradley_terry_loss, dpo_loss, kl_estimate, sequence_logps,
                                    sft_loss)
 from mini_llm.data import CharTokenizer, tokenizer_from_dict

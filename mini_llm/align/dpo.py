@@ -8,13 +8,13 @@ each step runs the policy alone on the chosen and rejected responses (one batch 
 
 import torch
 
+from ..errors import ConfigError
 from ..loop import Task, fit, seeded
 from .batches import collate_pairs, pick
 from .losses import DPO_LOSS_TYPES, dpo_loss, sequence_logps
 from .reward import PAIR_FIELDS, encode_pairs
 from .runs import (check_same_shape, device_of, finish_align, load_chat_model, mean_over, new_align_run,
                    read_examples, split_val)
-from ..errors import ConfigError
 
 
 @torch.no_grad()
