@@ -150,14 +150,15 @@ def plot_frontier(records, out_png):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
+    colors = {}  # one colour and one legend entry per stage and beta (seeds share them)
     for r in records:
         stage, beta = r.get("stage", "model"), r.get("beta")
         label = f"{stage} (beta {beta})" if beta is not None else stage
+        first = label not in colors
+        colors.setdefault(label, f"C{len(colors)}")
         ax.errorbar(r["kl"], r["gold_reward"], xerr=r["kl_stderr"], yerr=r["gold_reward_stderr"], fmt="o",
-                    capsize=3, label=label)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))  # one legend entry per stage and beta
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
+                    capsize=3, color=colors[label], label=label if first else None)
+    ax.legend(fontsize=8)
     ax.set(xlabel="KL(model || reference), nats per answer", ylabel="gold reward (VADER compound, mean)",
            title="gold reward against KL to the SFT reference")
     ax.grid(alpha=0.3)
