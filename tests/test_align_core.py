@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mini_llm import ops
-from mini_llm.align.batches import IGNORE, collate, encode_turn, pad, read_jsonl
+from mini_llm.align.batches import IGNORE, Encoded, collate, collate_pairs, encode_turn, pad, read_jsonl
 from mini_llm.align.chat import ChatTokenizer, chat_template, grow_vocabulary, parse_chat
 from mini_llm.align.losses import (bradley_terry_loss, dpo_loss, kl_estimate, sequence_logps,
                                    sft_loss)
@@ -185,3 +185,24 @@ def test_the_kl_estimator_finds_a_known_kl():
     seq = torch.multinomial(p, 3 * 20000, replacement=True, generator=torch.Generator().manual_seed(1)).view(-1, 3)
     kl, stderr = kl_estimate(p.log()[seq].sum(1), q.log()[seq].sum(1))
     assert abs(kl - 3 * exact) < 4 * stderr
+
+
+def test_the_reward_model_reads_the_last_real_token_and_learns_a_preference():
+    from mini_llm.align.reward import RewardModel
+
+    torch.manual_seed(0)
+    rm = RewardModel(tiny_model(6))
+    # chosen responses end in token 4, rejected in token 5, after prompts of varied length
+    pairs = [(Encoded([1] * n, [2, 3, 4]), Encoded([1] * n, [2, 3, 5])) for n in (1, 3, 6)]
+    batch = collate_pairs(pairs)
+    scores = rm(batch.ids, batch.lengths)
+    padded = batch.ids.clone()
+    padded[batch.ids == 0] = 3  # other padding values: the same rewards
+    torch.testing.assert_close(rm(padded, batch.lengths), scores)
+    optimizer = torch.optim.AdamW(rm.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss, metrics = bradley_terry_loss(*rm(batch.ids, batch.lengths).chunk(2))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 and metrics["rewards/accuracies"].item() == 1.0
