@@ -22,6 +22,14 @@ def summary(run):
     return json.loads((Path(run) / "summary.json").read_text())
 
 
+def rm_curve(work, prefix):
+    runs = sorted(work.glob(f"{prefix}-*"), key=lambda p: int(p.name[len(prefix) + 1:]))
+    return [{"train_pairs": summary(run)["train_pairs"], "val_pairs": summary(run)["val_pairs"],
+             "val_accuracy": evals(run)[-1]["val_accuracy"], "val_loss": evals(run)[-1]["val_loss"],
+             "iters": summary(run)["iters"], "batch_size": summary(run)["train_config"]["batch_size"],
+             "lr": summary(run)["train_config"]["lr"]} for run in runs if (run / "summary.json").is_file()]
+
+
 def collect(work, results):
     eval_rows = [json.loads(line) for line in (results / "eval.jsonl").read_text().splitlines()]
     by_stage = {r["stage"]: r for r in eval_rows if r["stage"] in ("base", "sft")}
@@ -32,10 +40,8 @@ def collect(work, results):
         "sft": {"val_response_loss_before": sft_evals[0]["val_loss"], "val_response_loss_after": sft_evals[-1]["val_loss"],
                 "format_rate_base": by_stage["base"]["format_rate"], "format_rate_sft": by_stage["sft"]["format_rate"],
                 "iters": summary(work / "sft-char")["iters"]},
-        "reward_model_curve": [{"train_pairs": summary(run)["train_pairs"], "val_pairs": summary(run)["val_pairs"],
-                                "val_accuracy": evals(run)[-1]["val_accuracy"], "val_loss": evals(run)[-1]["val_loss"],
-                                "iters": summary(run)["iters"]}
-                               for run in sorted(work.glob("rm-*"), key=lambda p: int(p.name[3:]))],
+        "reward_model_curve": rm_curve(work, "rm"),  # 100 iterations at batch 8, lr 1e-3
+        "reward_model_curve_2_epochs": rm_curve(work, "rm2"),  # 2 epochs at batch 16, lr 3e-4
         "dpo": [{"beta": summary(run)["beta"], "seed": summary(run)["train_config"]["seed"],
                  **{k: evals(run)[-1][k] for k in ("val_loss", "val_reward_accuracy", "val_reward_margin")}}
                 for run in sorted(work.glob("dpo-b*"))],
@@ -51,17 +57,18 @@ def collect(work, results):
     return out
 
 
-def plot_curve(curve, png):
+def plot_curve(curves, png):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["train_pairs"] for c in curve], [c["val_accuracy"] for c in curve], "o-")
+    for label, curve in curves.items():
+        ax.plot([c["train_pairs"] for c in curve], [c["val_accuracy"] for c in curve], "o-", label=label)
     ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="chance")
     ax.set(xscale="log", xlabel="training pairs", ylabel="held-out pair accuracy",
-           title=f"reward model accuracy ({curve[0]['val_pairs']} held-out pairs)")
+           title=f"reward model accuracy on {curve[0]['val_pairs']} held-out pairs")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -76,9 +83,10 @@ def markdown(s):
              f"{s['sft']['val_response_loss_after']:.3f} |",
              f"| answers in the format (one speech, ended by the model) | {s['sft']['format_rate_base']:.0%} | "
              f"{s['sft']['format_rate_sft']:.0%} |", "",
-             "## Reward model: held-out accuracy against training pairs", "", "| pairs | accuracy | loss |",
-             "| --- | --- | --- |"]
-    lines += [f"| {c['train_pairs']} | {c['val_accuracy']:.3f} | {c['val_loss']:.3f} |" for c in s["reward_model_curve"]]
+             "## Reward model: held-out accuracy against training pairs", "",
+             "| pairs | iterations x batch | lr | accuracy | loss |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['train_pairs']} | {c['iters']} x {c['batch_size']} | {c['lr']:g} | {c['val_accuracy']:.3f} | "
+              f"{c['val_loss']:.3f} |" for c in s["reward_model_curve"] + s["reward_model_curve_2_epochs"]]
     lines += ["", "## Reward against KL to the SFT model", "",
               "| model | stage | beta | seed | gold reward | KL (nats) | format |", "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {Path(r['model']).name} | {r['stage']} | {r['beta'] if r['beta'] is not None else ''} | {r['train_seed']} | "
@@ -105,7 +113,8 @@ def main():
     s = collect(args.work, args.results)
     (args.results / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     (args.results / "summary.md").write_text(markdown(s))
-    plot_curve(s["reward_model_curve"], args.results / "rm_curve.png")
+    plot_curve({"100 iterations x 8, lr 1e-3": s["reward_model_curve"],
+                "2 epochs, batch 16, lr 3e-4": s["reward_model_curve_2_epochs"]}, args.results / "rm_curve.png")
     print(markdown(s))
 
 

@@ -3,7 +3,7 @@
 # DPO beta sweep (3 betas x 2 seeds) -> reward-vs-KL frontier; the Orca pairs and GSM8K through
 # the same commands. Each step appends its command, wall and CPU seconds to $RES/times.tsv.
 #
-#   bash bench/align_stage5.sh [STEP ...]    steps: base data sft pairs rm dpo eval bpe orca gsm8k report
+#   bash bench/align_stage5.sh [STEP ...]    steps: base data sft pairs rm rm2 dpo eval bpe orca gsm8k report
 #                                            (default: all, in that order)
 # Runs go to $WORK (default /tmp/align); results are written to bench/results/stage5/.
 set -euo pipefail
@@ -16,6 +16,7 @@ mkdir -p "$W" "$RES"
 BETAS="0.05 0.2 1.0"
 SEEDS="1 2"
 RM_PAIRS="50 100 200 400 800"
+RM2_PAIRS="${RM2_PAIRS:-400 1600 3200}"
 
 timed() {  # timed NAME CMD...: run, log the command and its wall / CPU seconds
     local name=$1; shift
@@ -42,12 +43,22 @@ step_pairs() {  # training pairs from the training prompts, held-out pairs from 
         --seed 1 --out "$W/pairs_train.jsonl"
     timed pairs_val mini-llm align pairs --model "$W/sft-char" --prompts "$D/sft_val.jsonl" --pairs 200 \
         --seed 2 --out "$W/pairs_val.jsonl"
+    timed pairs_more mini-llm align pairs --model "$W/sft-char" --prompts "$D/sft_train.jsonl" --pairs 2400 \
+        --seed 3 --out "$W/pairs_more.jsonl"
+    cat "$W/pairs_train.jsonl" "$W/pairs_more.jsonl" > "$W/pairs_3200.jsonl"
 }
 step_rm() {  # reward-model accuracy on the held-out pairs against the number of training pairs
     for n in $RM_PAIRS; do
         timed "rm_$n" mini-llm align reward --base "$W/sft-char" --data "$W/pairs_train.jsonl" --limit "$n" \
             --val-data "$W/pairs_val.jsonl" --batch-size 8 --max-iters 100 --eval-interval 50 \
             --eval-iters 25 --out "$W/rm-$n"
+    done
+}
+step_rm2() {  # the same curve to 3200 pairs, two epochs each at batch 16 and a lower learning rate
+    for n in $RM2_PAIRS; do
+        timed "rm2_$n" mini-llm align reward --base "$W/sft-char" --data "$W/pairs_3200.jsonl" --limit "$n" \
+            --val-data "$W/pairs_val.jsonl" --batch-size 16 --max-iters $((n / 8)) --lr 3e-4 --min-lr 3e-5 \
+            --warmup-iters 10 --eval-interval $((n / 8)) --eval-iters 13 --out "$W/rm2-$n"
     done
 }
 step_dpo() {
@@ -84,6 +95,6 @@ step_report() {
     python bench/align_report.py --work "$W" --results "$RES"
 }
 
-for s in "${@:-base data sft pairs rm dpo eval bpe orca gsm8k report}"; do
+for s in "${@:-base data sft pairs rm rm2 dpo eval bpe orca gsm8k report}"; do
     for one in $s; do "step_$one"; done
 done

@@ -134,3 +134,9 @@ def test_pairs_are_sampled_answers_labelled_by_the_gold_reward(base, tmp_path, m
         assert p["chosen_reward"] == len(p["chosen"]) > p["rejected_reward"] == len(p["rejected"])
         assert "<|" not in p["chosen"] + p["rejected"] and p["rejected"].strip()
     assert main(["align", "pairs", "--model", str(base), "--prompts", str(prompts), "--out", str(out)]) == 2
+    # Bradley-Terry labels with a tiny scale: each a coin flip, so some pairs prefer the shorter
+    noisy = tmp_path / "noisy.jsonl"
+    assert main(["align", "pairs", "--model", str(base), "--prompts", str(prompts), "--pairs", "20",
+                 "--bt-scale", "1e-9", "--out", str(noisy)]) == 0
+    flipped = [p["chosen_reward"] < p["rejected_reward"] for p in map(json.loads, noisy.read_text().splitlines())]
+    assert 0 < sum(flipped) < 20
