@@ -256,42 +256,16 @@ def cmd_align_dpo(args):
 
 
 def cmd_align_pairs(args):
-    from .align.evaluate import distinct_prompts, make_pairs, write_new
-    from .align.runs import load_chat_model
+    from .align.pairs import write_pairs
 
-    if Path(args.out).exists():
-        raise MiniLLMError(f"{args.out} exists: choose another output file")
-    model, tokenizer, _ = load_chat_model(args.model)
-    pairs, sampled = make_pairs(model, tokenizer, distinct_prompts(args.prompts), args.pairs, args.seed,
-                                args.samples_per_prompt, args.bt_scale)
-    write_new(args.out, pairs)
-    agree = sum(p["chosen_reward"] > p["rejected_reward"] for p in pairs) / len(pairs)
-    print(f"wrote {len(pairs)} pairs to {args.out} from {sampled} sampled answers (the gold reward "
-          f"agrees with {agree:.0%} of the labels)")
+    write_pairs(args.model, args.prompts, args.pairs, args.out, args.seed, args.samples_per_prompt, args.bt_scale)
 
 
 def cmd_align_eval(args):
-    from .align.evaluate import distinct_prompts, evaluate_model, plot_frontier, write_new
-    from .align.runs import check_same_shape, load_chat_model
+    from .align.evaluate import evaluate_runs
 
-    if Path(args.out).exists():
-        raise MiniLLMError(f"{args.out} exists: choose another output file")
-    reference, ref_tokenizer, _ = load_chat_model(args.reference)
-    prompts = distinct_prompts(args.prompts)[: args.max_prompts]
-    records = []
-    for path in args.models:
-        model, tokenizer, ckpt = load_chat_model(path)
-        check_same_shape(reference, ref_tokenizer, model, tokenizer, path)
-        align = ckpt.meta.get("align", {})
-        record = {"model": str(path), "stage": align.get("stage", "base"), "beta": align.get("beta"),
-                  "train_seed": ckpt.meta["train_config"]["seed"],
-                  **evaluate_model(model, reference, tokenizer, prompts, args.samples_per_prompt, args.seed)}
-        records.append(record)
-        print(f"{path}: gold reward {record['gold_reward']:+.3f} +- {record['gold_reward_stderr']:.3f}, "
-              f"KL {record['kl']:.2f} +- {record['kl_stderr']:.2f} nats, format {record['format_rate']:.0%}")
-    write_new(args.out, records)
-    if args.plot:
-        plot_frontier(records, args.plot)
+    evaluate_runs(args.models, args.reference, args.prompts, args.out, args.plot, args.max_prompts,
+                  args.samples_per_prompt, args.seed)
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

@@ -121,9 +121,9 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(base, sft_data, tm
 
 
 def test_pairs_are_sampled_answers_labelled_by_the_gold_reward(base, tmp_path, monkeypatch):
-    from mini_llm.align import evaluate
+    from mini_llm.align import pairs as pairs_module
 
-    monkeypatch.setattr(evaluate, "gold_reward", lambda text: float(len(text)))  # longer is better
+    monkeypatch.setattr(pairs_module, "gold_reward", lambda text: float(len(text)))  # longer is better
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "All"}, {"prompt": "First Citizen"}])
     out = tmp_path / "pairs.jsonl"
     assert main(["align", "pairs", "--model", str(base), "--prompts", str(prompts), "--pairs", "6",

@@ -9,5 +9,6 @@ Read in this order:
   datasets.py  the task's files from Tiny Shakespeare; GSM8K and the Orca pairs
   runs.py      what the commands share: models with the markers, run folders, defaults
   sft.py, reward.py, dpo.py   the three trainings
-  evaluate.py  sampling, gold-labelled pairs, gold reward and KL per model, the frontier plot
+  evaluate.py  sampling answers, gold reward and KL per model, the frontier plot
+  pairs.py     sampled answers paired and labelled by the gold reward
 """

@@ -1,7 +1,5 @@
-"""Sampling answers and scoring them: `mini-llm align pairs` and `mini-llm align eval`.
+"""Sampling answers and scoring them: `mini-llm align eval` (and the sampling pairs.py uses).
 
-pairs: answers sampled from a model (the SFT model) two by two, labelled by the gold reward:
-       the preference data of the DPO paper's controlled experiment.
 eval:  for each model, answers sampled at temperature 1 (the model's own distribution, which
        the KL estimate needs), their mean gold reward, the sequence-level KL to a reference
        model, each with its standard error, and the share of answers in the task's format.
@@ -24,6 +22,7 @@ from .batches import Encoded, collate, read_jsonl
 from .chat import chat_template
 from .gold import gold_reward
 from .losses import kl_estimate, sequence_logps
+from .runs import check_same_shape, load_chat_model
 
 SPEAKER_LINE = re.compile(r"^[A-Z][A-Za-z' ]*:$", re.MULTILINE)  # "ROMEO:": a new speaker's turn
 
@@ -102,43 +101,39 @@ def evaluate_model(model, reference, tokenizer, prompts, samples_per_prompt, see
             "samples": len(rewards), "seed": seed, "examples": examples[:3]}
 
 
-def make_pairs(model, tokenizer, prompts, n_pairs, seed, samples_per_prompt=8, bt_scale=None):
-    """n_pairs preference pairs from answers sampled per prompt (prompts in turn) and labelled
-    by the gold reward. A prompt's usable answers (answer.usable) are sorted by reward and the
-    upper half is paired with the lower half, best with median, and so on; ties are dropped (most
-    answers score 0, and a pair of two zeros says nothing). Labels: the higher reward is chosen,
-    or with bt_scale they are drawn from the Bradley-Terry model,
-    P(a preferred) = sigmoid(bt_scale * (r_a - r_b)): noisy labels, as human ones are.
-    Returns (pairs, answers sampled)."""
-    pairs, sampled, k = [], 0, 0
-    while len(pairs) < n_pairs:
-        prompt = prompts[k % len(prompts)]
-        generator = seeded(seed, "pairs", k)
-        _, answers = sample_answers(model, tokenizer, prompt, samples_per_prompt, generator)
-        sampled += len(answers)
-        scored = sorted(((gold_reward(a.text), a.text) for a in answers if a.usable), reverse=True)
-        half = len(scored) // 2
-        for (ra, a), (rb, b) in zip(scored[:half], scored[half:2 * half]):
-            if ra == rb:
-                continue
-            p_a = 1.0 / (1.0 + math.exp(-bt_scale * (ra - rb))) if bt_scale else 1.0
-            a_wins = torch.rand((), generator=generator).item() < p_a
-            (chosen, rc), (rejected, rr) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
-            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                          "chosen_reward": rc, "rejected_reward": rr})
-        k += 1
-        if k > 50 * n_pairs:
-            raise DataError(f"only {len(pairs)} usable pairs after {k} prompts: the model rarely ends "
-                            "its answers or its answers rarely differ in gold reward")
-    return pairs[:n_pairs], sampled
+def check_new(path):
+    """Refuse an output file that exists (checked before the work, and again at the write)."""
+    if Path(path).exists():
+        raise ConfigError(f"{path} exists: choose another output file")
 
 
 def write_new(path, rows):
     """Write JSON lines to a file that must not exist yet (nothing is overwritten)."""
-    path = Path(path)
-    if path.exists():
-        raise ConfigError(f"{path} exists: choose another output file")
+    check_new(path)
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def evaluate_runs(model_paths, reference_path, prompts_path, out, plot=None, max_prompts=24,
+                  samples_per_prompt=8, seed=1337):
+    """`mini-llm align eval`: one record per model into the JSONL `out`, and the frontier plot."""
+    check_new(out)
+    reference, ref_tokenizer, _ = load_chat_model(reference_path)
+    prompts = distinct_prompts(prompts_path)[:max_prompts]
+    records = []
+    for path in model_paths:
+        model, tokenizer, ckpt = load_chat_model(path)
+        check_same_shape(reference, ref_tokenizer, model, tokenizer, path)
+        align = ckpt.meta.get("align", {})
+        record = {"model": str(path), "stage": align.get("stage", "base"), "beta": align.get("beta"),
+                  "train_seed": ckpt.meta["train_config"]["seed"],
+                  **evaluate_model(model, reference, tokenizer, prompts, samples_per_prompt, seed)}
+        records.append(record)
+        print(f"{path}: gold reward {record['gold_reward']:+.3f} +- {record['gold_reward_stderr']:.3f}, "
+              f"KL {record['kl']:.2f} +- {record['kl_stderr']:.2f} nats, format {record['format_rate']:.0%}")
+    write_new(out, records)
+    if plot:
+        plot_frontier(records, plot)
+    return records
 
 
 def plot_frontier(records, out_png):
