@@ -140,3 +140,14 @@ def test_pairs_are_sampled_answers_labelled_by_the_gold_reward(base, tmp_path, m
                  "--bt-scale", "1e-9", "--out", str(noisy)]) == 0
     flipped = [p["chosen_reward"] < p["rejected_reward"] for p in map(json.loads, noisy.read_text().splitlines())]
     assert 0 < sum(flipped) < 20
+
+
+def test_align_data_makes_the_speaker_task_from_tiny_shakespeare(tmp_path, monkeypatch):
+    (tmp_path / "tinyshakespeare.txt").write_text(CORPUS * 10)
+    monkeypatch.setenv("MINI_LLM_DATA_DIR", str(tmp_path))
+    assert main(["align", "data", "shakespeare", "--out", str(tmp_path / "out")]) == 0
+    train, val = ([json.loads(line) for line in (tmp_path / "out" / f"sft_{split}.jsonl").read_text().splitlines()]
+                  for split in ("train", "val"))
+    assert len(train) == 36 and len(val) == 4  # 40 turns, every 10th held out
+    assert val[0] == {"prompt": "First Citizen", "response": "Before we proceed any further, hear me speak."}
+    assert {r["prompt"] for r in train} == {"First Citizen", "All"}
