@@ -32,8 +32,11 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
 
 
 @torch.no_grad()
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-    """idx: (B, T) prompt ids. Returns (B, T + max_new_tokens)."""
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
+             stop_token=None):
+    """idx: (B, T) prompt ids. Returns (B, T + max_new_tokens), or with `stop_token` (e.g. a
+    chat's end of turn) (B, T + n): each row stops at its first stop_token and is padded with
+    it from there, and generation ends early once every row has stopped."""
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ConfigError(f"the prompt must be (batch, length >= 1) token ids, got {tuple(idx.shape)}")
     if not temperature >= 0:  # also refuses NaN
@@ -49,10 +52,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         logits, _ = model(window, cache=cache, start=0)
     pos = window.size(1)  # positions filled in the cache
     tokens = [idx]
+    stopped = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
         next_id = sample_next(logits[:, -1], temperature, top_k, generator)  # (B, 1)
+        if stop_token is not None:
+            next_id = next_id.masked_fill(stopped, stop_token)
+            stopped |= next_id == stop_token
         tokens.append(next_id)
-        if step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or (stop_token is not None and bool(stopped.all())):
             break
         if pos < block:
             with nvtx.range("decode"):

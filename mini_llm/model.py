@@ -237,6 +237,15 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, start=0):
         """idx: (B, T) token ids at positions start..start+T-1. Returns (logits (B, T, V),
         loss or None). With a KVCache, keys and values of earlier positions come from it."""
+        x = self.features(idx, cache, start)
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = x @ head.t()  # (B, T, V)
+        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=-1)
+        return logits, loss
+
+    def features(self, idx, cache=None, start=0):
+        """The last layer's normalized output (B, T, C), before the output projection: what
+        the language-model head reads, and what a reward model's scalar head reads."""
         B, T = idx.shape
         if start + T > self.config.block_size:
             raise ValueError(
@@ -255,11 +264,7 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, rope, cache, start, use_reentrant=False)
             else:
                 x = block(x, rope, cache, start)
-        x = self.ln_f(x)
-        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = x @ head.t()  # (B, T, V)
-        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=-1)
-        return logits, loss
+        return self.ln_f(x)
 
     def new_cache(self, batch_size, max_len=None):
         max_len = self.config.block_size if max_len is None else max_len

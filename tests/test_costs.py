@@ -103,7 +103,7 @@ def test_costs_command_prints_predicted_and_measured_step(capsys):
 
 def test_costs_command_reads_the_bench_suites_cached_ceilings(capsys):
     from mini_llm.bench.ceilings import device_name
-    from mini_llm.data import cache_dir
+    from mini_llm.files import cache_dir
 
     key = f"{device_name(torch.device('cpu'))} | torch {torch.__version__}"
     cached = {key: {"device": "a cached CPU", "copy_gb_s": 12.5, "matmul_tflop_s": 0.25}}

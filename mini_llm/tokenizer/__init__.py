@@ -9,6 +9,7 @@ Read in this order:
   gpt2_format.py  GPT-2's encoder.json and vocab.bpe
   backends.py     the pure-Python hot loops or the C++ core (csrc/tokenizer/bpe_core.cpp), same results
   char.py         the character tokenizer, the default when no BPE tokenizer is given
+  chat.py         the chat markers on top of either tokenizer, and the chat template
 
     from mini_llm.tokenizer import Tokenizer, train_bpe
     tok = Tokenizer.load("gpt2")            # GPT-2's own vocabulary and merges
@@ -16,6 +17,7 @@ Read in this order:
 """
 
 from .char import CharTokenizer
+from .chat import ChatTokenizer
 from .tokenizer import Tokenizer
 from .train import train_bpe, train_bpe_file
 
@@ -25,7 +27,9 @@ def tokenizer_from_dict(d):
     existed have no "kind" and are characters."""
     if d.get("kind", "char") == "char":
         return CharTokenizer(d["chars"])
+    if d["kind"] == "chat":  # a tokenizer with the chat markers (stage 5)
+        return ChatTokenizer.from_dict(d, tokenizer_from_dict)
     return Tokenizer.from_dict(d)
 
 
-__all__ = ["CharTokenizer", "Tokenizer", "tokenizer_from_dict", "train_bpe", "train_bpe_file"]
+__all__ = ["CharTokenizer", "ChatTokenizer", "Tokenizer", "tokenizer_from_dict", "train_bpe", "train_bpe_file"]
