@@ -17,6 +17,7 @@ printed as one line and exit with status 2.
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import types
@@ -46,6 +47,9 @@ HELP = {
                   "rounded up to a multiple of 64)",
     "activation_checkpointing": "blocks keep only their input and recompute the rest in the "
                                 "backward: less memory, one more forward",
+    "parallel": "ddp, ddp-torch, zero1, zero2, fsdp or fsdp-torch: train on the ranks torchrun "
+                "started (with --nproc-per-node N this command starts them); see "
+                "docs/stage-4-parallel.md",
 }
 
 
@@ -72,6 +76,12 @@ def given(args, cls, skip=()):
 
 
 def cmd_train(args):
+    if args.nproc_per_node is not None:  # start the ranks, each running this command
+        from .parallel.launch import relaunch, strip_launcher_flags
+
+        if not args.parallel:
+            raise MiniLLMError("--nproc-per-node needs --parallel STRATEGY")
+        return relaunch(strip_launcher_flags(args.argv), args.nproc_per_node, args.master_port)
     train_given = given(args, TrainConfig)
     model_given = given(args, GPTConfig, skip=("vocab_size",))
     if args.resume:  # the checkpoint's settings, changed only where a flag was given
@@ -233,6 +243,10 @@ def build_parser():
     p.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: shakespeare-char on a GPU, "
                    "shakespeare-char-cpu otherwise)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--nproc-per-node", type=int, help="ranks to start on this machine through "
+                   "torchrun, each running this command with --parallel")
+    p.add_argument("--master-port", type=int, help="with --nproc-per-node: rank 0's port "
+                   "(default: a free one)")
     add_dataclass_flags(p, TrainConfig)
     add_dataclass_flags(p, GPTConfig, skip=("vocab_size",))
     p.set_defaults(func=cmd_train)
@@ -320,7 +334,8 @@ def main(argv=None):
     try:
         status = args.func(args) or 0
     except MiniLLMError as e:
-        print(f"mini-llm: error: {e}", file=sys.stderr)
+        rank = f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""  # under torchrun
+        print(f"mini-llm: error: {rank}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mini-llm: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)

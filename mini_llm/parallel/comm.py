@@ -19,15 +19,18 @@ import torch.distributed as dist
 
 
 class Counter:
-    """Bytes this rank sent: per step (start_step() opens a new one) and per kind."""
+    """Bytes this rank sent in the last optimizer step (between start_step and end_step; what
+    evaluation and checkpoints send in between is not part of a step), in all and per kind."""
 
     def __init__(self):
-        self.step_bytes, self.last_step = 0, 0
+        self.step_bytes, self.last_step, self.last_payload = 0, 0, {}
         self.payload = defaultdict(int)  # kind -> bytes of the tensors handed to it, this step
 
     def start_step(self):
-        self.last_step, self.step_bytes = self.step_bytes, 0
-        self.last_payload, self.payload = dict(self.payload), defaultdict(int)
+        self.step_bytes, self.payload = 0, defaultdict(int)
+
+    def end_step(self):
+        self.last_step, self.last_payload = self.step_bytes, dict(self.payload)
 
     def add(self, kind, payload, sent):
         self.payload[kind] += payload

@@ -81,6 +81,7 @@ class Strategy(SingleProcess):
     def step(self):
         self.bytes.start_step()
         yield
+        self.bytes.end_step()
 
     def micro_batch(self, last):
         return nullcontext()
@@ -98,10 +99,40 @@ class Strategy(SingleProcess):
         return model, optimizer
 
 
+def broadcast_model(model):
+    """Every rank gets rank 0's parameters and buffers."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            comm.broadcast(t, src=0)
+
+
+def sharded_clip_grad_norm(local_grads, max_norm, world):
+    """Clip by the global norm when each rank holds a disjoint part of the gradients: the
+    squared norms of the parts add up (one scalar all-reduce, not counted as a step's bytes)."""
+    squares = sum((g.float() ** 2).sum() for g in local_grads)
+    total = torch.as_tensor(squares, dtype=torch.float32, device=world.device).clone()
+    dist.all_reduce(total)
+    total = total.sqrt()
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in local_grads:
+        g.mul_(scale.to(g.dtype))
+    return total
+
+
+class Snapshot:
+    """A state dict that was gathered already, in the form save_checkpoint reads."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+
 def split_rows(t, rank, size):
     """Rows [rank B/size, (rank+1) B/size) of t; B must divide by size."""
     if t.size(0) % size:
-        raise ConfigError(f"rank {rank}: a batch of {t.size(0)} sequences does not split "
+        raise ConfigError(f"a batch of {t.size(0)} sequences does not split "
                           f"over {size} ranks; use a --batch-size that divides by {size}")
     n = t.size(0) // size
     return t[rank * n:(rank + 1) * n]
