@@ -229,12 +229,9 @@ def new_run(cfg, config, tokenizer, device, autocast, ckpt=None, strategy=None):
     def make_adamw(param_groups):
         return AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
-    groups, step_model = model.param_groups(cfg.weight_decay), None
-    if strategy is None:
-        optimizer = make_adamw(groups)
-    else:
-        step_model = strategy.wrap(model)
-        optimizer = strategy.optimizer(groups, make_adamw)
+    step_model = strategy.wrap(model) if strategy else None  # may replace the parameters
+    groups = model.param_groups(cfg.weight_decay)
+    optimizer = strategy.optimizer(groups, make_adamw) if strategy else make_adamw(groups)
     start = 0
     if ckpt is not None:
         restore(cfg, optimizer.load_state_dict, ckpt.optimizer_state)

@@ -39,6 +39,11 @@ class Counter:
 
 counter = Counter()  # one per process: every strategy's collectives count here
 
+# torch 2.13 renamed the single-tensor collectives; older versions (2.11 on the GPU machines)
+# have only the old names.
+_all_gather_single = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+
 
 def _ring(tensor_bytes, times):
     n = dist.get_world_size()
@@ -58,13 +63,13 @@ def all_reduce(tensor, async_op=False, group=None):
 def reduce_scatter(output, input, async_op=False, group=None):
     """output (n/N) <- this rank's part of the sum over ranks of input (n)."""
     counter.add("reduce_scatter", nbytes(input), _ring(nbytes(input), 1))
-    return dist.reduce_scatter_tensor(output, input, async_op=async_op, group=group)
+    return _reduce_scatter_single(output, input, async_op=async_op, group=group)
 
 
 def all_gather(output, input, async_op=False, group=None):
     """output (n) <- the ranks' inputs (n/N each), in rank order."""
     counter.add("all_gather", nbytes(output), _ring(nbytes(output), 1))
-    return dist.all_gather_into_tensor(output, input, async_op=async_op, group=group)
+    return _all_gather_single(output, input, async_op=async_op, group=group)
 
 
 def broadcast(tensor, src=0, group=None):
