@@ -15,6 +15,7 @@ import os
 import signal
 import time
 
+import torch
 import torch.multiprocessing as mp
 
 from ..errors import ConfigError
@@ -68,7 +69,7 @@ def spawn(fn, nproc, *args, timeout_s=60):
     variables set; fails, rather than hangs, if a rank has not returned after timeout_s."""
     port = free_port()
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
-           "MINI_LLM_DIST_TIMEOUT": str(timeout_s)}
+           "MINI_LLM_DIST_TIMEOUT": str(timeout_s), "OMP_NUM_THREADS": "1"}  # as torchrun sets it
     context = mp.start_processes(_with_env, args=(fn, env, args), nprocs=nproc, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + timeout_s
@@ -81,4 +82,5 @@ def spawn(fn, nproc, *args, timeout_s=60):
 
 def _with_env(rank, fn, env, args):
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)  # torch read OMP_NUM_THREADS before the variable was set here
     fn(rank, int(env["WORLD_SIZE"]), *args)
