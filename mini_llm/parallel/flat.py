@@ -69,3 +69,27 @@ class FlatParams:
         full = torch.empty_like(self.full)
         comm.all_gather(full, shard_tensor)
         return [full[o:o + p.numel()].view_as(p).clone() for p, o in zip(self.params, self.offsets)]
+
+
+class InFlight:
+    """Reduce-scatters started but not yet added into their gradient shards. At most `limit`
+    stay in flight: each holds a flat copy of its gradients until it is waited for, and letting
+    them pile up through the backward would hold as much as the full gradients ZeRO-2 and FSDP
+    are there to avoid."""
+
+    def __init__(self, world_size, limit=1):
+        self.world_size, self.limit, self.queue = world_size, limit, []
+
+    def start(self, flat):
+        self.queue.append((flat, *flat.reduce_scatter_grads()))
+        while len(self.queue) > self.limit:
+            self.finish_one()
+
+    def drain(self):
+        while self.queue:
+            self.finish_one()
+
+    def finish_one(self):
+        flat, work, result = self.queue.pop(0)
+        work.wait()
+        flat.grad_shard.add_(result.div_(self.world_size))

@@ -27,7 +27,7 @@ the forward, of every block again in the backward, a reduce-scatter of every uni
 import torch
 
 from ..errors import ConfigError
-from .flat import FlatParams
+from .flat import FlatParams, InFlight
 from .strategy import Snapshot, Strategy, broadcast_model, sharded_clip_grad_norm
 from .zero import ShardedAdamW
 
@@ -66,7 +66,7 @@ class FSDP(Strategy):
         self.root = Unit(root, self.world)
         self.units = [Unit([p for p in b.parameters() if p.requires_grad], self.world) for b in blocks]
         self.unit_of = {p: u for u in [self.root, *self.units] for p in u.params}
-        self.pending = []  # (unit, work, result) of reduce-scatters in flight
+        self.in_flight, self.reduced = InFlight(self.world.size), 0
         model.register_forward_pre_hook(lambda *_: self.root.gather())
         model.register_forward_hook(self.after_model)
         for block, unit in zip(blocks, self.units):
@@ -89,8 +89,8 @@ class FSDP(Strategy):
         unit = self.unit_of[p]
         unit.ready += 1
         if unit.ready == len(unit.params):
-            work, result = unit.reduce_scatter_grads()
-            self.pending.append((unit, work, result))
+            self.in_flight.start(unit)
+            self.reduced += 1
             for q in unit.params:
                 q.grad = None
             unit.ready = 0
@@ -108,13 +108,11 @@ class FSDP(Strategy):
 
     def __exit__(self, *exc):
         if exc[0] is None:
-            if len(self.pending) != 1 + len(self.units):
+            if self.reduced != 1 + len(self.units):
                 raise RuntimeError(f"rank {self.world.rank}: some parameters got no gradient; "
                                    "fsdp needs every trainable parameter used in every step")
-            for unit, work, result in self.pending:
-                work.wait()
-                unit.grad_shard.add_(result.div_(self.world.size))
-            self.pending = []
+            self.in_flight.drain()
+            self.reduced = 0
 
     def clip_grad_norm(self, model, max_norm):
         shards = [u.grad_shard for u in [self.root, *self.units]]

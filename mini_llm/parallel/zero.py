@@ -22,7 +22,7 @@ Bytes per optimizer step (G = the padded gradient bytes, 4 P rounded up to N sha
 import torch
 
 from .ddp import BUCKET_BYTES
-from .flat import FlatParams
+from .flat import FlatParams, InFlight
 from .strategy import Snapshot, Strategy, broadcast_model, sharded_clip_grad_norm
 
 
@@ -43,7 +43,7 @@ class ZeRO(Strategy):
             self.ready = {f: 0 for f in self.flats}
             for p in params:
                 p.register_post_accumulate_grad_hook(self.grad_ready)
-        self.pending = {}  # flat -> (work, result) of its reduce-scatter in flight
+        self.in_flight, self.started = InFlight(self.world.size), set()
         return model
 
     def optimizer(self, param_groups, make_adamw):
@@ -59,12 +59,10 @@ class ZeRO(Strategy):
     def __exit__(self, *exc):
         if exc[0] is None and self.sync:  # after the backward: reduce what the hooks did not
             for flat in self.flats:
-                if flat not in self.pending:
+                if flat not in self.started:
                     self.start(flat)
-            for flat, (work, result) in self.pending.items():
-                work.wait()
-                flat.grad_shard.add_(result.div_(self.world.size))
-            self.pending = {}
+            self.in_flight.drain()
+            self.started = set()
 
     def grad_ready(self, p):
         flat = self.flat_of[p]
@@ -74,7 +72,8 @@ class ZeRO(Strategy):
 
     def start(self, flat):
         """Reduce-scatter a flat buffer's gradients, then free them."""
-        self.pending[flat] = flat.reduce_scatter_grads()
+        self.in_flight.start(flat)
+        self.started.add(flat)
         for p in flat.params:
             p.grad = None
         if self.stage == 2:
