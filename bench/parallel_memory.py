@@ -22,6 +22,7 @@ from mini_llm.model import GPT, GPTConfig
 from mini_llm.optim import AdamW
 from mini_llm.parallel import STRATEGY_NAMES, groups, make_strategy
 from mini_llm.parallel.launch import spawn
+from train_vs_nanogpt import machine
 
 CONFIG = dict(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=256, dropout=0.0)
 GLOBAL_BATCH = 8
@@ -73,7 +74,9 @@ def main():
                          "measured_per_rank": [m[name] for m in measured]})
     lines = [f"Memory per rank, {config.n_layer} layers x {config.n_embd} wide, context "
              f"{config.block_size}, global batch {GLOBAL_BATCH} ({sum(p.numel() for p in GPT(config).parameters()) / 1e6:.2f}M "
-             "parameters), float32, CPU (gloo); MiB", "",
+             f"parameters), float32, gloo on {machine()['cpu']} ({machine()['cores']} cores shared by all "
+             "ranks); MiB. The measured peak can differ between ranks: it depends on when an "
+             "asynchronous collective's buffers are freed relative to the backward.", "",
              "| strategy | ranks | params | grads | optimizer | activations | predicted peak (phase) "
              "| measured peak per rank | predicted / measured |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -84,8 +87,9 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out + ".json").write_text(json.dumps({"config": CONFIG, "global_batch": GLOBAL_BATCH,
-                                                         "device": "cpu, gloo", "rows": rows}, indent=2) + "\n")
+        Path(args.out + ".json").write_text(json.dumps({"machine": machine(), "config": CONFIG,
+                                                         "global_batch": GLOBAL_BATCH, "backend": "gloo",
+                                                         "rows": rows}, indent=2) + "\n")
         Path(args.out + ".md").write_text(text + "\n")
 
 

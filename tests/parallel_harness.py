@@ -28,17 +28,19 @@ def tiny_config(family):
                      **FAMILIES[family])
 
 
-def train_tiny(out, family, grad_accum, strategy=None, batch_size=4):
-    """Train STEPS steps; returns (checkpoint, bytes sent in the last step, payload per kind)."""
+def train_tiny(out, family, grad_accum, strategy=None, batch_size=4, steps=STEPS, resume=False):
+    """Train to `steps` steps (resume: from the checkpoint in `out`); returns (checkpoint,
+    bytes sent in the last step, payload per kind)."""
     rng = np.random.default_rng(0)
     dataset = types.SimpleNamespace(train=rng.integers(0, 65, 4000).astype(np.uint16),
                                     val=rng.integers(0, 65, 400).astype(np.uint16))
-    cfg = TrainConfig(out=str(out), batch_size=batch_size, grad_accum=grad_accum, max_iters=STEPS,
+    cfg = TrainConfig(out=str(out), batch_size=batch_size, grad_accum=grad_accum, max_iters=steps,
                       warmup_iters=1, eval_interval=100, eval_iters=1, log_interval=1,
                       sample_tokens=0, device="cpu", dtype="float32")
     config = tiny_config(family)
     tokenizer = CharTokenizer([chr(32 + i) for i in range(65)])
-    run = new_run(cfg, config, tokenizer, "cpu", torch.autocast("cpu", enabled=False), None, strategy)
+    ckpt = load_checkpoint(Path(out) / "ckpt.safetensors") if resume else None
+    run = new_run(cfg, config, tokenizer, "cpu", torch.autocast("cpu", enabled=False), ckpt, strategy)
     fit(run, language_modelling(dataset, cfg, config.block_size, "cpu"))
     if strategy is not None:
         torch.distributed.barrier()  # rank 0 has written the checkpoint
@@ -54,8 +56,12 @@ def run_all(rank, size, out, cases):
     results = {}
     for i, case in enumerate(cases):
         name, family, accum, options = case
-        strategy = make_strategy(name, world, 4 * accum, **dict(options))
-        ckpt, sent, payload = train_tiny(Path(out) / str(i), family, accum, strategy)
+        options = dict(options)
+        if options.pop("resume", False):  # stop after step 1, then resume from the checkpoint
+            train_tiny(Path(out) / str(i), family, accum, make_strategy(name, world, 4 * accum), steps=1)
+        strategy = make_strategy(name, world, 4 * accum, **options)
+        resumed = (Path(out) / str(i) / "ckpt.safetensors").exists()
+        ckpt, sent, payload = train_tiny(Path(out) / str(i), family, accum, strategy, resume=resumed)
         results[case] = (ckpt.model_state, ckpt.optimizer_state, sent, payload)
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")

@@ -19,6 +19,9 @@ from parallel_harness import run_all, tiny_config, train_tiny
 CASES_2 = [(name, family, accum, ()) for name in STRATEGY_NAMES
            for family in ("gpt2", "llama") for accum in (1, 4)]
 CASES_2 += [("ddp", family, 4, (("bucket_bytes", 0),)) for family in ("gpt2", "llama")]
+# Stopped after one step and resumed from the checkpoint (sharded optimizer state saved whole,
+# then split again): the same parameters as a run that never stopped.
+CASES_2 += [(name, "llama", 1, (("resume", True),)) for name in ("ddp", "zero2", "fsdp", "fsdp-torch")]
 CASES_4 = [(name, "llama", 4, ()) for name in ("ddp", "zero2", "fsdp")]
 
 # One process sums the gradient over B rows in one matmul; N ranks sum B/N rows each, then add
@@ -62,7 +65,7 @@ def assert_same_run(result, single, atol):
                                        atol=atol, msg=f"{index}.{name}")
 
 
-@pytest.mark.parametrize("case", CASES_2, ids=lambda c: f"{c[0]}-{c[1]}-accum{c[2]}{'-per-param' if c[3] else ''}")
+@pytest.mark.parametrize("case", CASES_2, ids=lambda c: f"{c[0]}-{c[1]}-accum{c[2]}{''.join('-' + k for k, _ in c[3])}")
 def test_two_ranks_equal_one_process(two_ranks, one_process, case):
     assert_same_run(two_ranks[case], one_process[case[1], case[2]], ATOL)
 
@@ -110,7 +113,7 @@ def expected_bytes(name, family, accum, n):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES_2 if c[0] != "fsdp-torch"],
-                         ids=lambda c: f"{c[0]}-{c[1]}-accum{c[2]}{'-per-param' if c[3] else ''}")
+                         ids=lambda c: f"{c[0]}-{c[1]}-accum{c[2]}{''.join('-' + k for k, _ in c[3])}")
 def test_bytes_per_step_two_ranks(two_ranks, case):
     assert two_ranks[case][2] == expected_bytes(*case[:3], 2)
 

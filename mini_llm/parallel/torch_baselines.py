@@ -8,7 +8,7 @@ bytes are counted like ours. fsdp-torch's collectives are torch's own and are no
 
 import torch
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from . import comm
@@ -46,6 +46,11 @@ class FSDPTorch(Strategy):
         self.model = model
         return model
 
+    def optimizer(self, param_groups, make_adamw):
+        optimizer = make_adamw(param_groups)
+        optimizer.register_load_state_dict_post_hook(shard_loaded_state)  # resuming
+        return optimizer
+
     def micro_batch(self, last):
         self.model.set_requires_gradient_sync(last)  # reduce-scatter once per step
         return super().micro_batch(last)
@@ -61,3 +66,11 @@ class FSDPTorch(Strategy):
         opt = optimizer.state_dict()
         opt["state"] = {i: {k: full(v) for k, v in s.items()} for i, s in opt["state"].items()}
         return Snapshot({k: full(v) for k, v in model.state_dict().items()}), Snapshot(opt)
+
+
+def shard_loaded_state(optimizer):
+    """A checkpoint holds AdamW's state whole; the sharded parameters need it sharded alike."""
+    for p, state in optimizer.state.items():
+        for name, value in state.items():
+            if value.dim() > 0 and not isinstance(value, DTensor):
+                state[name] = distribute_tensor(value, p.device_mesh, p.placements)
