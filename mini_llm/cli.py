@@ -1,6 +1,7 @@
 """The `mini-llm` command.
 
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
+                   [--nproc-per-node N --parallel ddp|ddp-torch|zero1|zero2|fsdp|fsdp-torch]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
                     [--quant int8|int4 [--group-size G]] [--dtype ...] [--kernels SPEC]
     mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE

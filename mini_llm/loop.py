@@ -131,8 +131,9 @@ def fit(run, task):
                           **{k: float(run.ranks.mean(v)) for k, v in values.items()},
                           **run.ranks.record()}
                 write_record(metrics, record)
+                sent = {"sent_MB": f"{record['bytes_sent'] / 1e6:.2f}"} if "bytes_sent" in record else {}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['ms_per_iter']:.1f}",
-                                tok_s=f"{record['tokens_per_s']:,.0f}")
+                                tok_s=f"{record['tokens_per_s']:,.0f}", **sent)
     return {"iters": cfg.max_iters, **evaluation, **clock.summary(),
             "wall_s": time.perf_counter() - t_start}
 
