@@ -6,6 +6,7 @@ dropout per iteration, and a rank's slice would draw other masks than one proces
 """
 
 import types
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 from mini_llm.checkpoint import load_checkpoint
 from mini_llm.data import CharTokenizer
 from mini_llm.loop import fit
-from mini_llm.model import GPTConfig
+from mini_llm.model import GPT, GPTConfig
+from mini_llm.optim import AdamW
 from mini_llm.parallel import comm, groups, make_strategy
 from mini_llm.train import TrainConfig, language_modelling, new_run
 
@@ -63,6 +65,27 @@ def run_all(rank, size, out, cases):
         resumed = (Path(out) / str(i) / "ckpt.safetensors").exists()
         ckpt, sent, payload = train_tiny(Path(out) / str(i), family, accum, strategy, resume=resumed)
         results[case] = (ckpt.model_state, ckpt.optimizer_state, sent, payload)
+    results["frozen"] = train_frozen(make_strategy("ddp", world, 4))
     if rank == 0:
         torch.save(results, Path(out) / "results.pt")
     groups.destroy()
+
+
+def train_frozen(strategy=None):
+    """STEPS plain optimizer steps of the tiny GPT with its position embedding frozen; returns
+    (parameters, bytes sent in the last step)."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config("gpt2"))
+    model.wpe.weight.requires_grad_(False)
+    step_model = strategy.wrap(model) if strategy else model
+    optimizer = AdamW(model.param_groups(0.1), lr=1e-3)
+    for step in range(STEPS):
+        xy = [torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(step)) for _ in "xy"]
+        x, y = strategy.local_batch(xy) if strategy else xy
+        comm.counter.start_step()
+        with strategy.micro_batch(last=True) if strategy else nullcontext():
+            step_model(x, y)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        comm.counter.end_step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, comm.counter.last_step

@@ -14,7 +14,7 @@ import torch
 from mini_llm.model import GPT
 from mini_llm.parallel import STRATEGY_NAMES
 from mini_llm.parallel.launch import spawn
-from parallel_harness import run_all, tiny_config, train_tiny
+from parallel_harness import run_all, tiny_config, train_frozen, train_tiny
 
 CASES_2 = [(name, family, accum, ()) for name in STRATEGY_NAMES
            for family in ("gpt2", "llama") for accum in (1, 4)]
@@ -130,3 +130,17 @@ def test_ddp_reduces_each_gradient_once(two_ranks):
         params = sum(p.numel() for p in GPT(tiny_config(family)).parameters())
         for name in ("ddp", "ddp-torch"):
             assert two_ranks[name, family, 1, ()][3] == {"all_reduce": 4 * params}
+
+
+def test_ddp_leaves_frozen_parameters_out(two_ranks):
+    """A parameter without requires_grad gets no gradient: ddp neither waits for it nor sends
+    it, and it stays as it was."""
+    state, sent = two_ranks["frozen"]
+    single, _ = train_frozen()
+    for name, value in single.items():
+        torch.testing.assert_close(state[name], value, rtol=0, atol=ATOL, msg=name)
+    torch.manual_seed(0)
+    model = GPT(tiny_config("gpt2"))
+    assert torch.equal(state["wpe.weight"], model.wpe.weight)
+    trainable = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
+    assert sent == 2 * (2 - 1) / 2 * 4 * trainable
