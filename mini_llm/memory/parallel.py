@@ -7,21 +7,25 @@ P: the parameters' bytes (4 per float32), N ranks, Pp: P padded up to N equal sh
                 parameters       gradients (at the step)   optimizer state   sent per step
   ddp           P                P                         2 P               2 (N-1)/N P
   ddp-torch     P                P (+ P of buckets)        2 P               2 (N-1)/N P
-  zero1         Pp + Pp/N        Pp/N                      2 Pp/N            2 (N-1)/N Pp
+  zero1         Pp + Pp/N        Pp + Pp/N                 2 Pp/N            2 (N-1)/N Pp
   zero2         Pp + Pp/N        Pp/N                      2 Pp/N            (accum+1)(N-1)/N Pp
   fsdp          Pp/N + 2 units   Pp/N                      2 Pp/N            accum (N-1)/N (2 Pp + blocks)
   fsdp-torch    as fsdp
 
-ZeRO keeps the full parameters (views into its flat buffer) and its own shard beside them; FSDP
+ZeRO keeps the full parameters (views into its flat buffer) and its own shard beside them
+(zero1 also the full gradients, in a flat buffer, for accumulation); FSDP
 holds only shards, plus the gathered root (embeddings, head) and the block being run.
 
-The peak is the largest of three moments, each on top of what the rank holds:
-  activations   the one-process peak at batch B/N (predict.py walks it op by op), with the
-                one-process parameters and optimizer state swapped for the strategy's;
-  end of backward  every gradient exists and the strategy copies them for its collective
-                (ddp: the bucket copies; zero1: one flat copy; ddp-torch: its bucket buffers);
-  wrap          building the flat buffers while the parameters still exist (zero, fsdp).
-Not modelled: gloo's own buffers, the profiler's and allocator's overheads (as predict.py).
+The peak is the largest of four moments, each on top of what the rank holds:
+  activations      the one-process peak at batch B/N (predict.py walks it op by op), with the
+                   one-process parameters and optimizer state swapped for the strategy's;
+  end of backward  every gradient exists and the strategy copies them for its collective (ddp:
+                   the bucket copies; zero2, fsdp: the buckets or units in flight);
+  optimizer step   zero's all-gather of the updated shards;
+  wrap             building the flat buffers while the parameters still exist (zero, fsdp).
+gloo's reduce-scatter and all-gather allocate a scratch copy of the full tensor (measured on
+CPU); NCCL's work in place (backend="nccl"). Not modelled: the profiler's and the allocator's
+overheads (as predict.py), gloo's smaller internal buffers.
 """
 
 import math
@@ -78,15 +82,14 @@ def predict_parallel_memory(config, global_batch, strategy, ranks, backend="gloo
         after_step = 0  # below the other phases: no collective after the step
         wrap = P
     elif strategy in ("zero1", "zero2"):
-        held_params, grads = Pp + Pp // ranks, Pp // ranks
+        held_params = Pp + Pp // ranks
+        grads = Pp // ranks + (Pp if strategy == "zero1" else 0)
         opt = 2 * Pp // ranks + steps
         held = held_params + grads + opt
-        # zero1: all gradients, and their flat copy for the reduce-scatter; zero2 frees each
-        # bucket's gradients once copied, so at most a bucket and its copy exist
-        # zero1: every gradient, its flat copy and gloo's scratch copy; zero2 frees each bucket's
-        # gradients once copied, and keeps at most two buckets' copies in flight
+        # zero1: gloo's scratch copy of the flat gradients; zero2 frees each bucket's gradients
+        # once copied, and keeps at most two buckets' copies in flight
         bucket = min(Pp, BUCKET_BYTES + max(p.numel() for p in params) * FP32)
-        in_flight = (2 + scratch) * Pp if strategy == "zero1" else (3 + scratch) * bucket
+        in_flight = scratch * Pp if strategy == "zero1" else (3 + scratch) * bucket
         end_of_backward = held + base.batch + in_flight + Pp // ranks
         after_step = held + scratch * Pp  # the all-gather of the updated shards
         wrap = P + Pp

@@ -36,6 +36,23 @@ class FlatParams:
         lo = world.rank * self.shard_size
         self.shard = self.full[lo:lo + self.shard_size].clone()  # this rank's, in its own memory
         self.grad_shard = torch.zeros_like(self.shard)
+        self.grad_full = None  # see keep_grads_flat
+
+    def keep_grads_flat(self):
+        """Make the parameters' .grad views into one flat buffer laid out like `full`: autograd
+        accumulates into an existing .grad in place, so the gradients are born flat and are
+        reduce-scattered without being copied first."""
+        self.grad_full = torch.zeros_like(self.full)
+        for p, offset in zip(self.params, self.offsets):
+            p.grad = self.grad_full[offset:offset + p.numel()].view_as(p)
+
+    def zero_grads(self):
+        self.grad_shard.zero_()
+        if self.grad_full is not None:
+            self.grad_full.zero_()
+        else:
+            for p in self.params:
+                p.grad = None
 
     def pieces(self):
         """(parameter, its first element in this shard, where in the shard: a slice) for each
@@ -49,6 +66,8 @@ class FlatParams:
 
     def flat_grads(self):
         """The parameters' gradients laid out like `full` (zeros in the padding)."""
+        if self.grad_full is not None:
+            return self.grad_full
         grads = [p.grad.reshape(-1) for p in self.params]
         pad = self.full.numel() - sum(g.numel() for g in grads)
         return torch.cat(grads + [grads[0].new_zeros(pad)])

@@ -4,11 +4,11 @@ in which each rank keeps the optimizer state of 1/N of the parameters only.
 Every rank still holds all the parameters (views into flat buffers, flat.py) and runs its
 slice of the batch. Each flat buffer is cut into N shards; rank r owns shard r:
 
-  zero1  after the last micro-batch's backward, the gradients of the whole model are
-         reduce-scattered: rank r receives the sum of shard r's gradients only. Its AdamW
-         (exp_avg, exp_avg_sq: 2 P / N floats instead of 2 P) updates shard r, then an
-         all-gather sends every rank's updated shard to all. The full gradients live only
-         during the backward.
+  zero1  the gradients accumulate in one flat buffer (the parameters' .grad are views into
+         it); after the last micro-batch's backward it is reduce-scattered: rank r receives
+         the sum of shard r's gradients only. Its AdamW (exp_avg, exp_avg_sq: 2 P / N floats
+         instead of 2 P) updates shard r, then an all-gather sends every rank's updated shard
+         to all.
   zero2  the gradients are sharded as well: buckets of about bucket_bytes are reduce-scattered
          as soon as the backward has produced them (overlapped, as in ddp.py) and the full
          gradients of the bucket are freed at once; with gradient accumulation every
@@ -37,6 +37,7 @@ class ZeRO(Strategy):
         params = [p for p in model.parameters() if p.requires_grad][::-1]  # the backward's order
         if self.stage == 1:
             self.flats = [FlatParams(params, self.world)]
+            self.flats[0].keep_grads_flat()
         else:
             self.flats = [FlatParams(b, self.world) for b in group_by_bytes(params, self.bucket_bytes)]
             self.flat_of = {p: f for f in self.flats for p in f.params}
@@ -71,12 +72,12 @@ class ZeRO(Strategy):
             self.start(flat)
 
     def start(self, flat):
-        """Reduce-scatter a flat buffer's gradients, then free them."""
+        """Reduce-scatter a flat buffer's gradients; zero2 then frees them."""
         self.in_flight.start(flat)
         self.started.add(flat)
-        for p in flat.params:
-            p.grad = None
         if self.stage == 2:
+            for p in flat.params:
+                p.grad = None
             self.ready[flat] = 0
 
     def clip_grad_norm(self, model, max_norm):
@@ -131,9 +132,7 @@ class ShardedAdamW:
 
     def zero_grad(self, set_to_none=True):
         for flat in self.flats:
-            flat.grad_shard.zero_()
-            for p in flat.params:
-                p.grad = None
+            flat.zero_grads()
 
     def full_state_dict(self):
         """The state dict a one-process AdamW would have (collective: every rank calls it)."""
