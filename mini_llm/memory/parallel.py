@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from ..model import GPT
-from ..parallel.ddp import BUCKET_BYTES, make_buckets
+from ..parallel.ddp import BUCKET_BYTES, group_by_bytes
 from .predict import predict_training_memory
 from .saved import FP32
 
@@ -75,8 +75,8 @@ def predict_parallel_memory(config, global_batch, strategy, ranks, backend="gloo
     if strategy in ("ddp", "ddp-torch"):
         held_params, grads, opt = P, P, base.optimizer_state
         buckets = P if strategy == "ddp-torch" else sum(
-            sum(p.numel() for p in b.params) * FP32 for b in make_buckets(params[::-1], BUCKET_BYTES)
-            if len(b.params) > 1)
+            sum(p.numel() for p in b) * FP32 for b in group_by_bytes(params[::-1], BUCKET_BYTES)
+            if len(b) > 1)
         held = held_params + opt + (buckets if strategy == "ddp-torch" else 0)
         end_of_backward = held + base.batch + grads + (0 if strategy == "ddp-torch" else buckets)
         after_step = 0  # below the other phases: no collective after the step

@@ -31,7 +31,7 @@ BUCKET_BYTES = 1 << 20  # torch's DDP uses 25 MiB; the models here are small
 
 
 class DDP(Strategy):
-    name = "ddp"
+    """Data parallel with bucketed, overlapped all-reduces (the module's docstring)."""
 
     def __init__(self, world, global_batch=None, bucket_bytes=BUCKET_BYTES):
         super().__init__(world, global_batch)
@@ -40,7 +40,7 @@ class DDP(Strategy):
     def wrap(self, model):
         broadcast_model(model)
         params = [p for p in model.parameters() if p.requires_grad]  # tied: once; frozen: none
-        self.buckets = make_buckets(reversed(params), self.bucket_bytes)
+        self.buckets = [Bucket(b) for b in group_by_bytes(params[::-1], self.bucket_bytes)]
         self.bucket_of = {p: b for b in self.buckets for p in b.params}
         for p in params:
             p.register_post_accumulate_grad_hook(self.grad_ready)
@@ -98,15 +98,13 @@ class Bucket:
         self.ready, self.work, self.flat = 0, None, None
 
 
-def make_buckets(params, bucket_bytes):
-    """Consecutive parameters grouped until a bucket holds at least bucket_bytes."""
-    buckets, current, size = [], [], 0
+def group_by_bytes(params, bucket_bytes):
+    """Consecutive parameters grouped until a group holds at least bucket_bytes (0: one each)."""
+    groups, current, size = [], [], 0
     for p in params:
         current.append(p)
         size += p.numel() * p.element_size()
         if size >= bucket_bytes:
-            buckets.append(Bucket(current))
+            groups.append(current)
             current, size = [], 0
-    if current:
-        buckets.append(Bucket(current))
-    return buckets
+    return groups + [current] if current else groups

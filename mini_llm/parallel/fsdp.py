@@ -53,7 +53,7 @@ class Unit(FlatParams):
 
 
 class FSDP(Strategy):
-    name = "fsdp"
+    """Blocks' parameters sharded, gathered around their use (the module's docstring)."""
 
     def wrap(self, model):
         if getattr(model, "activation_checkpointing", False):

@@ -59,8 +59,6 @@ class Strategy(SingleProcess):
     """The hooks common to the data-parallel strategies; each subclass wraps the model and
     makes the optimizer. `world` is a groups.World."""
 
-    name = "base"
-
     def __init__(self, world, global_batch=None):
         self.world = world
         self.is_main = world.rank == 0

@@ -6,7 +6,6 @@ ddp-torch's all-reduces go through a communication hook that calls comm.all_redu
 bytes are counted like ours. fsdp-torch's collectives are torch's own and are not counted.
 """
 
-import torch
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
@@ -16,7 +15,7 @@ from .strategy import Snapshot, Strategy, broadcast_model, sharded_clip_grad_nor
 
 
 class TorchDDP(Strategy):
-    name = "ddp-torch"
+    """torch.nn.parallel.DistributedDataParallel, its all-reduces counted."""
 
     def wrap(self, model):
         broadcast_model(model)  # DDP broadcasts too; this counts the bytes like ddp.py
@@ -36,7 +35,7 @@ def counted_all_reduce(world_size, bucket):
 
 
 class FSDPTorch(Strategy):
-    name = "fsdp-torch"
+    """torch's FSDP2: fully_shard on each block, then on the model."""
 
     def wrap(self, model):
         broadcast_model(model)

@@ -21,16 +21,17 @@ Bytes per optimizer step (G = the padded gradient bytes, 4 P rounded up to N sha
 
 import torch
 
-from .ddp import BUCKET_BYTES
+from .ddp import BUCKET_BYTES, group_by_bytes
 from .flat import FlatParams, InFlight
 from .strategy import Snapshot, Strategy, broadcast_model, sharded_clip_grad_norm
 
 
 class ZeRO(Strategy):
+    """ZeRO stage 1 or 2 (the module's docstring)."""
+
     def __init__(self, world, global_batch=None, stage=1, bucket_bytes=BUCKET_BYTES):
         super().__init__(world, global_batch)
         self.stage, self.bucket_bytes, self.sync = stage, bucket_bytes, True
-        self.name = f"zero{stage}"
 
     def wrap(self, model):
         broadcast_model(model)
@@ -85,17 +86,6 @@ class ZeRO(Strategy):
 
     def for_checkpoint(self, model, optimizer):
         return model, Snapshot(optimizer.full_state_dict())
-
-
-def group_by_bytes(params, bucket_bytes):
-    groups, current, size = [], [], 0
-    for p in params:
-        current.append(p)
-        size += p.numel() * p.element_size()
-        if size >= bucket_bytes:
-            groups.append(current)
-            current, size = [], 0
-    return groups + [current] if current else groups
 
 
 class ShardedAdamW:
