@@ -31,6 +31,7 @@ from .model import CHOICES, GPTConfig
 from .presets import PRESETS, default_preset, get_preset
 from .scratch.train import ScratchTrainConfig
 from .loop import seeded
+from .parallel import STRATEGY_NAMES
 from .train import TrainConfig, resolve_device, train
 
 HELP = {
@@ -187,6 +188,7 @@ def cmd_profile(args):
 
 def cmd_memory(args):
     from .memory import format_prediction, measure_training_memory, predict_training_memory
+    from .memory.parallel import format_parallel_memory
 
     preset = get_preset(args.preset or default_preset())
     config = GPTConfig(vocab_size=args.vocab_size, **preset["model"])
@@ -195,6 +197,9 @@ def cmd_memory(args):
     settings = dict(dtype=dtype, kernels=args.kernels,
                     activation_checkpointing=args.activation_checkpointing)
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    if args.parallel:
+        print(format_parallel_memory(config, batch_size, args.parallel, args.ranks, device=kind, **settings))
+        return
     prediction = predict_training_memory(config, batch_size, device=kind, **settings)
     measured = measure_training_memory(config, batch_size, device, **settings) if args.measure else None
     print(format_prediction(prediction, measured))
@@ -301,6 +306,9 @@ def build_parser():
                    help=HELP["activation_checkpointing"])
     p.add_argument("--measure", action="store_true", help="also run two training steps on random "
                    "tokens and print the measured peak beside the prediction")
+    p.add_argument("--parallel", choices=STRATEGY_NAMES, help="per rank under this data-parallel "
+                   "strategy (--batch-size: the global batch); measured: bench/parallel_memory.py")
+    p.add_argument("--ranks", type=int, default=2, help="with --parallel: the number of ranks")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("scratch", help="stage F: neural networks from scratch in NumPy")

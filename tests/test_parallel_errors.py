@@ -82,3 +82,10 @@ def test_a_rank_killed_mid_run(corpus, tmp_path):
     assert err.strip().splitlines()[-1] == ("mini-llm: error: rank 1 failed: killed by signal SIGKILL; "
                                             "the other ranks were stopped")
     assert load_checkpoint(out).meta["iter"] >= 20
+
+
+def test_memory_per_rank_needs_a_batch_that_splits(capsys):
+    assert main(["memory", "--preset", "tiny", "--device", "cpu", "--parallel", "fsdp", "--ranks", "3"]) == 2
+    assert capsys.readouterr().err.strip() == "mini-llm: error: a global batch of 4 does not split over 3 ranks"
+    assert main(["memory", "--preset", "tiny", "--device", "cpu", "--parallel", "fsdp", "--ranks", "2"]) == 0
+    assert "per rank, fsdp on 2 ranks (gloo)" in capsys.readouterr().out

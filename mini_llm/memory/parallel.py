@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ..model import GPT
 from ..parallel.ddp import BUCKET_BYTES, group_by_bytes
 from .predict import predict_training_memory
-from .saved import FP32
+from .saved import FP32, MIB
 
 
 @dataclass
@@ -111,3 +112,18 @@ def predict_parallel_memory(config, global_batch, strategy, ranks, backend="gloo
               "optimizer step": after_step, "wrap": wrap}
     phase = max(phases, key=phases.get)
     return RankMemory(strategy, ranks, held_params, grads, opt, activations, phases[phase], phase)
+
+
+def format_parallel_memory(config, global_batch, strategy, ranks, backend=None, **settings):
+    """What one rank holds, as a plain-text table (backend: NCCL on CUDA, else gloo)."""
+    backend = backend or ("nccl" if settings.get("device") == "cuda" else "gloo")
+    if ranks < 1 or global_batch % ranks:
+        raise ConfigError(f"a global batch of {global_batch} does not split over {ranks} ranks")
+    m = predict_parallel_memory(config, global_batch, strategy, ranks, backend, **settings)
+    rows = [("parameters", m.parameters), ("gradients (at the optimizer step)", m.gradients),
+            ("optimizer state (AdamW)", m.optimizer_state),
+            (f"activations of {global_batch // ranks} sequences", m.activations),
+            (f"predicted peak ({m.peak_phase})", m.peak)]
+    return "\n".join([f"training memory per rank, {strategy} on {ranks} ranks ({backend}), "
+                      f"global batch {global_batch} x {config.block_size} tokens"]
+                     + [f"{name:<46}{n / MIB:>10.2f} MiB" for name, n in rows])
