@@ -1,14 +1,14 @@
 """A parallel run of `shakespeare-char-cpu` beside one process: the validation loss at every
 evaluation, read from the runs' own files (summary.json, metrics.jsonl).
 
-    OMP_NUM_THREADS=1 mini-llm train --preset shakespeare-char-cpu --device cpu --max-iters 1000 --out A
-    mini-llm train --preset shakespeare-char-cpu --device cpu --max-iters 1000 --out B \\
-        --nproc-per-node 2 --parallel ddp
+    OMP_NUM_THREADS=1 mini-llm train --preset shakespeare-char-cpu --device cpu --out A
+    mini-llm train --preset shakespeare-char-cpu --device cpu --out B --nproc-per-node 2 --parallel ddp
+    mini-llm train --preset shakespeare-char-cpu --device cpu --out C --nproc-per-node 2 --parallel fsdp
     python bench/parallel_vs_one_process.py A B [C ...] --out bench/results/parallel_vs_one_process_cpu
 
 The first run is the reference. The runs are equal up to float rounding (the global batch is
 summed in another order); over hundreds of steps that rounding grows into small differences,
-as it does between two one-process runs with another thread count (include one to see it).
+as it does between two seeds, only less.
 """
 
 import argparse
