@@ -7,8 +7,8 @@ evaluation, read from the runs' own files (summary.json, metrics.jsonl).
     python bench/parallel_vs_one_process.py A B [C ...] --out bench/results/parallel_vs_one_process_cpu
 
 The first run is the reference. The runs are equal up to float rounding (the global batch is
-summed in another order); over hundreds of steps that rounding grows into small differences,
-as it does between two seeds, only less.
+summed in another order); over hundreds of steps that rounding grows into differences
+far smaller than the spread between two seeds.
 """
 
 import argparse
