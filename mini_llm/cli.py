@@ -1,6 +1,7 @@
 """The `mini-llm` command.
 
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
+                   [--nproc-per-node N --parallel ddp|ddp-torch|zero1|zero2|fsdp|fsdp-torch]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
                     [--quant int8|int4 [--group-size G]] [--dtype ...] [--kernels SPEC]
     mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE
@@ -21,6 +22,7 @@ printed as one line and exit with status 2.
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import types
@@ -46,7 +48,10 @@ from .files import fetch
 from .generate import generate
 from .loop import seeded
 from .memory import format_prediction, measure_training_memory, predict_training_memory
+from .memory.parallel import format_parallel_memory
 from .model import CHOICES, GPTConfig
+from .parallel import STRATEGY_NAMES
+from .parallel.launch import relaunch, strip_launcher_flags
 from .plot import plot_runs
 from .presets import PRESETS, default_preset, get_preset
 from .profile import profile, synthetic_training_of
@@ -73,6 +78,9 @@ HELP = {
                   "rounded up to a multiple of 64)",
     "activation_checkpointing": "blocks keep only their input and recompute the rest in the "
                                 "backward: less memory, one more forward",
+    "parallel": "ddp, ddp-torch, zero1, zero2, fsdp or fsdp-torch: train on the ranks torchrun "
+                "started (with --nproc-per-node N this command starts them); see "
+                "docs/stage-4-parallel.md",
 }
 
 
@@ -99,6 +107,10 @@ def given(args, cls, skip=()):
 
 
 def cmd_train(args):
+    if args.nproc_per_node is not None:  # start the ranks, each running this command
+        if not args.parallel:
+            raise MiniLLMError("--nproc-per-node needs --parallel STRATEGY")
+        return relaunch(strip_launcher_flags(args.argv), args.nproc_per_node, args.master_port)
     train_given = given(args, TrainConfig)
     model_given = given(args, GPTConfig, skip=("vocab_size",))
     if args.resume:  # the checkpoint's settings, changed only where a flag was given
@@ -197,6 +209,9 @@ def cmd_memory(args):
     settings = dict(dtype=dtype, kernels=args.kernels,
                     activation_checkpointing=args.activation_checkpointing)
     kind = "cuda" if device.startswith("cuda") else "cpu"
+    if args.parallel:
+        print(format_parallel_memory(config, batch_size, args.parallel, args.ranks, device=kind, **settings))
+        return
     prediction = predict_training_memory(config, batch_size, device=kind, **settings)
     measured = measure_training_memory(config, batch_size, device, **settings) if args.measure else None
     print(format_prediction(prediction, measured))
@@ -399,6 +414,10 @@ def add_training_commands(sub):
     p.add_argument("--preset", help=f"{', '.join(PRESETS)} (default: shakespeare-char on a GPU, "
                    "shakespeare-char-cpu otherwise)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--nproc-per-node", type=int, help="ranks to start on this machine through "
+                   "torchrun, each running this command with --parallel")
+    p.add_argument("--master-port", type=int, help="with --nproc-per-node: rank 0's port "
+                   "(default: a free one)")
     add_dataclass_flags(p, TrainConfig)
     add_dataclass_flags(p, GPTConfig, skip=("vocab_size",))
     p.set_defaults(func=cmd_train)
@@ -459,6 +478,9 @@ def add_systems_commands(sub):
                    help=HELP["activation_checkpointing"])
     p.add_argument("--measure", action="store_true", help="also run two training steps on random "
                    "tokens and print the measured peak beside the prediction")
+    p.add_argument("--parallel", choices=STRATEGY_NAMES, help="per rank under this data-parallel "
+                   "strategy (--batch-size: the global batch); measured: bench/parallel_memory.py")
+    p.add_argument("--ranks", type=int, default=2, help="with --parallel: the number of ranks")
     p.set_defaults(func=cmd_memory)
 
 
@@ -550,7 +572,8 @@ def main(argv=None):
     try:
         status = args.func(args) or 0
     except MiniLLMError as e:
-        print(f"mini-llm: error: {e}", file=sys.stderr)
+        rank = f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""  # under torchrun
+        print(f"mini-llm: error: {rank}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mini-llm: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)

@@ -57,11 +57,20 @@ class Task:
 
 
 class SingleProcess:
-    """How the processes of a run cooperate when there is one. A data-parallel strategy
-    replaces it: it syncs gradients only on the last micro-batch, clips by the norm over all
-    ranks, averages what is logged, and lets rank 0 alone print, log and save."""
+    """How the processes of a run cooperate when there is one. A parallel strategy replaces
+    it (mini_llm/parallel/strategy.py): it gives each rank its part of the batch, syncs
+    gradients only on the last micro-batch, clips by the norm over all ranks, averages what is
+    logged, gathers sharded state for the checkpoint, and lets rank 0 alone print, log and save."""
 
     is_main = True
+
+    def local_batch(self, batch):
+        """This rank's part of the global micro-batch."""
+        return batch
+
+    def step(self):
+        """The context one optimizer step runs in."""
+        return nullcontext()
 
     def micro_batch(self, last):
         """The context each micro-batch's forward and backward run in."""
@@ -73,6 +82,14 @@ class SingleProcess:
     def mean(self, value):
         """A logged value averaged over the ranks."""
         return value
+
+    def record(self):
+        """Extra fields for each train log record (ranks, global batch, bytes sent)."""
+        return {}
+
+    def for_checkpoint(self, model, optimizer):
+        """(model, optimizer) whose state_dict() is the full state; every rank calls it."""
+        return model, optimizer
 
 
 @dataclass
@@ -113,11 +130,13 @@ def fit(run, task):
             if (it + 1) % cfg.log_interval == 0 or it + 1 == cfg.max_iters:
                 record = {"kind": "train", "iter": it + 1, "loss": float(run.ranks.mean(loss)), "lr": lr,
                           **clock.lap(it + 1),  # after float(loss): the device has caught up
-                          **{k: float(run.ranks.mean(v)) for k, v in values.items()}}
+                          **{k: float(run.ranks.mean(v)) for k, v in values.items()},
+                          **run.ranks.record()}
                 check_finite(run, record)
                 write_record(metrics, record)
+                sent = {"sent_MB": f"{record['bytes_sent'] / 1e6:.2f}"} if "bytes_sent" in record else {}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['ms_per_iter']:.1f}",
-                                tok_s=f"{record['tokens_per_s']:,.0f}")
+                                tok_s=f"{record['tokens_per_s']:,.0f}", **sent)
     return {"iters": cfg.max_iters, **evaluation, **clock.summary(),
             "wall_s": time.perf_counter() - t_start}
 
@@ -131,9 +150,9 @@ def optimizer_step(run, task, it):
         group["lr"] = lr
     torch.manual_seed(seed_of(cfg.seed, "dropout", it))  # the same masks after a resume
     step_loss, step_values = 0.0, {}
-    with nvtx.range(f"step {it}"):
+    with nvtx.range(f"step {it}"), run.ranks.step():
         for micro in range(cfg.grad_accum):
-            batch = task.batch(it, micro)
+            batch = run.ranks.local_batch(task.batch(it, micro))
             with run.ranks.micro_batch(last=micro == cfg.grad_accum - 1):
                 with nvtx.range("forward"), run.autocast:
                     loss, values = task.loss(model, batch)
@@ -177,8 +196,9 @@ def check_finite(run, record):
 
 
 def save(run, it):
+    model, optimizer = run.ranks.for_checkpoint(run.model, run.optimizer)  # on every rank
     if run.ranks.is_main:
-        save_checkpoint(run.out / FILE_NAME, run.model, run.optimizer, {"iter": it, **run.checkpoint_meta})
+        save_checkpoint(run.out / FILE_NAME, model, optimizer, {"iter": it, **run.checkpoint_meta})
 
 
 def open_metrics(run):

@@ -29,12 +29,13 @@ from .generate import generate
 from .loop import Run, Task, finish, fit, seeded
 from .model import GPT, GPTConfig
 from .optim import AdamW
+from .parallel import STRATEGY_NAMES, groups, make_strategy
 from .tokenizer import Tokenizer
 
 
 # What --resume may change; everything else comes from the checkpoint.
 RESUME_MAY_CHANGE = ("data", "max_iters", "device", "dtype", "compile", "kernels", "log_interval",
-                     "sample_tokens", "nvtx", "activation_checkpointing")
+                     "sample_tokens", "nvtx", "activation_checkpointing", "parallel")
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TrainConfig:
     sample_tokens: int = 300  # printed at the end; 0 skips
     nvtx: bool = False  # NVTX ranges per step, forward/backward/optimizer, layer and op
     activation_checkpointing: bool = False  # blocks recompute their activations in backward
+    parallel: str | None = None  # a strategy of mini_llm/parallel (ranks started by torchrun)
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.lr_decay_iters is None:
             self.lr_decay_iters = self.max_iters
+        if self.parallel is not None and self.parallel not in STRATEGY_NAMES:
+            raise ConfigError(f"parallel must be one of {', '.join(STRATEGY_NAMES)}, got {self.parallel!r}")
 
 
 def train(model_overrides, cfg, resume=None):
@@ -97,19 +101,25 @@ def train(model_overrides, cfg, resume=None):
     bpe = Tokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     dataset = prepare_dataset(fetch(TINY_SHAKESPEARE, cfg.data), bpe)
     config = model_config(config, ckpt, dataset, Path(cfg.out) / FILE_NAME)
-    device, dtype, autocast = resolve_device(cfg.device, cfg.dtype)
+    strategy = parallel_strategy(cfg)  # None: one process
+    device, dtype, autocast = resolve_device(strategy.world.device if strategy else cfg.device, cfg.dtype)
     cfg = dataclasses.replace(cfg, dtype=dtype)
 
-    run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt)
+    run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt, strategy)
     task = language_modelling(dataset, cfg, config.block_size, device)
-    print(f"model: {run.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
-          f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
-    print(f"device: {device} ({dtype}), kernels: {ops.describe(kernels)}, "
-          f"{task.tokens_per_iter} tokens/iteration, iterations {run.start}..{cfg.max_iters}")
+    say = print if run.ranks.is_main else (lambda *_: None)
+    say(f"model: {run.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
+        f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
+    say(f"device: {device} ({dtype}), kernels: {ops.describe(kernels)}, "
+        f"{task.tokens_per_iter} tokens/iteration, iterations {run.start}..{cfg.max_iters}")
+    if strategy:
+        say(f"parallel: {cfg.parallel} on {strategy.world.size} ranks ({strategy.world.backend}), "
+            f"global batch {cfg.batch_size} x {cfg.grad_accum} micro-batches, "
+            f"{cfg.batch_size // strategy.world.size} sequences per rank and micro-batch")
     if ckpt is not None and cfg.lr_decay_iters < cfg.max_iters:  # resumed past the schedule's end
-        print(f"note: the learning rate follows the checkpoint's schedule, which reaches min_lr "
-              f"({cfg.min_lr:g}) at iteration {cfg.lr_decay_iters} and stays there to {cfg.max_iters}; "
-              f"a new run gets a schedule as long as itself")
+        say(f"note: the learning rate follows the checkpoint's schedule, which reaches min_lr "
+            f"({cfg.min_lr:g}) at iteration {cfg.lr_decay_iters} and stays there to {cfg.max_iters}; "
+            f"a new run gets a schedule as long as itself")
     summary = fit(run, task)
     summary.update({
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else
@@ -117,14 +127,31 @@ def train(model_overrides, cfg, resume=None):
         "float32_matmuls": "tf32" if device.startswith("cuda") else "ieee",
         "torch": torch.__version__, "params": run.model.num_params(),
         "model_config": config.to_dict(), "train_config": dataclasses.asdict(cfg),
+        **({"ranks": strategy.world.size} if strategy else {}),
     })
     finish(run, summary)
+    sample = sample_text(run.model, dataset.tokenizer, cfg, device) if cfg.sample_tokens else None
+    if strategy:  # every rank ran the sample: fsdp's forward needs them all
+        groups.destroy()
+    if not run.ranks.is_main:
+        return summary
     print(f"done: val loss {summary['val_loss']:.4f} after {cfg.max_iters} iterations, "
           f"{summary['wall_s']:.0f} s, median {summary['median_ms_per_iter'] or 0:.1f} ms/iteration; "
           f"wrote {cfg.out}/")
-    if cfg.sample_tokens:
-        print("sample:\n" + sample_text(run.model, dataset.tokenizer, cfg, device))
+    if sample is not None:
+        print("sample:\n" + sample)
     return summary
+
+
+def parallel_strategy(cfg):
+    """The strategy of a --parallel run on this rank (joins the process group), or None."""
+    if cfg.parallel is None:
+        return None
+    world = groups.init(cfg.device)
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) "
+                          f"does not divide by {world.size} ranks")
+    return make_strategy(cfg.parallel, world, cfg.batch_size * cfg.grad_accum)
 
 
 def checkpoint_to_resume(model_overrides, cfg, resume):
@@ -195,27 +222,41 @@ def resolve_device(name, dtype):
     return name, dtype, autocast
 
 
-def new_run(cfg, config, tokenizer, device, autocast, ckpt=None):
-    """The model and optimizer, fresh (seeded by cfg.seed) or restored from `ckpt`."""
+def new_run(cfg, config, tokenizer, device, autocast, ckpt=None, strategy=None):
+    """The model and optimizer, fresh (seeded by cfg.seed) or restored from `ckpt`; with a
+    parallel `strategy`, the model as it wraps it and the optimizer it makes."""
     torch.manual_seed(cfg.seed)
     model = GPT(config).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
-    optimizer = AdamW(model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if ckpt is not None:  # before a strategy shards the parameters
+        restore(cfg, model.load_state_dict, ckpt.model_state)
+
+    def make_adamw(param_groups):
+        return AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+    step_model = strategy.wrap(model) if strategy else None  # may replace the parameters
+    groups = model.param_groups(cfg.weight_decay)
+    optimizer = strategy.optimizer(groups, make_adamw) if strategy else make_adamw(groups)
     start = 0
     if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt.model_state)
-            optimizer.load_state_dict(ckpt.optimizer_state)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{Path(cfg.out) / FILE_NAME} does not match its own config: {e}") from None
+        restore(cfg, optimizer.load_state_dict, ckpt.optimizer_state)
         start = ckpt.meta["iter"]
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     meta = {"model_config": config.to_dict(), "tokenizer": tokenizer.to_dict(),
             "train_config": dataclasses.asdict(cfg), "version": __version__}
+    if cfg.compile:
+        step_model = torch.compile(step_model or model)
     return Run(cfg, model, optimizer, Path(cfg.out), meta, start=start, autocast=autocast,
-               step_model=torch.compile(model) if cfg.compile else None)
+               step_model=step_model, **({"ranks": strategy} if strategy else {}))
+
+
+def restore(cfg, load_state_dict, state):
+    try:
+        load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{Path(cfg.out) / FILE_NAME} does not match its own config: {e}") from None
 
 
 def language_modelling(dataset, cfg, block_size, device):
