@@ -146,9 +146,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, start=0):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        # Widths from the weights, not the config: under tensor parallelism (parallel/tp.py)
+        # c_attn holds this rank's heads only and n_head counts them.
+        q, k, v = self.c_attn(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (B, nh, T, hs), rotated by position
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -160,7 +162,7 @@ class CausalSelfAttention(nn.Module):
             y = ops.decode_attention(q, cache.k[self.layer], cache.v[self.layer], lengths, longest=start + T)
         else:
             y = ops.attention(q, k, v, causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -234,24 +236,40 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, start=0):
         """idx: (B, T) token ids at positions start..start+T-1. Returns (logits (B, T, V),
         loss or None). With a KVCache, keys and values of earlier positions come from it."""
+        x, rope = self.embed(idx, start)
+        x = self.blocks(x, rope, cache, start)
+        return self.head(x, targets)
+
+    # The three parts of the forward, apart so a pipeline stage (parallel/pp.py) runs its own.
+    def embed(self, idx, start=0):
+        """(B, T) token ids -> the residual stream (B, T, C) and the rotary tables (or None)."""
         B, T = idx.shape
         if start + T > self.config.block_size:
             raise ValueError(
                 f"positions {start}..{start + T - 1} exceed the context of {self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
-        rope = None
         if self.wpe is not None:
-            x = x + self.wpe(pos)
-        else:
-            rope = rope_tables(self.config.n_embd // self.config.n_head, pos, self.config.rope_base)
-        x = self.drop(x)
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        return self.drop(x), self.rope(T, start, idx.device)
+
+    def rope(self, T, start=0, device=None):
+        """The rotary tables of positions start..start+T-1; None with learned positions."""
+        if self.config.pos != "rope":
+            return None
+        pos = torch.arange(start, start + T, device=device)
+        return rope_tables(self.config.n_embd // self.config.n_head, pos, self.config.rope_base)
+
+    def blocks(self, x, rope, cache=None, start=0):
         for block in self.h:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, cache, start, use_reentrant=False)
             else:
                 x = block(x, rope, cache, start)
+        return x
+
+    def head(self, x, targets=None):
+        """The final norm, the logits and, given targets, the loss."""
         x = self.ln_f(x)
         head = self.wte.weight if self.lm_head is None else self.lm_head.weight
         logits = x @ head.t()  # (B, T, V)
