@@ -13,12 +13,13 @@ import queue
 import traceback
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mini_llm.loop import Run, SingleProcess, Task, optimizer_step, seeded
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.optim import AdamW
-from mini_llm.parallel.groups import free_port
+from mini_llm.parallel.groups import World, free_port
 from mini_llm.train import TrainConfig
 
 FAMILIES = {  # tiny models of both block families; GPT-2's head tied to its embedding
@@ -46,6 +47,12 @@ def random_tokens(config, cfg):
 
     return Task(batch, lambda model, xy: (model(*xy)[1], {}), lambda model: {},
                 cfg.batch_size * cfg.grad_accum * config.block_size)
+
+
+def world():
+    """This rank's groups.World (CPU, gloo)."""
+    rank, size = dist.get_rank(), dist.get_world_size()
+    return World(rank, size, rank, "cpu")
 
 
 def fresh_model(config, seed=0):

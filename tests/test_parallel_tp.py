@@ -13,7 +13,7 @@ products inside one matmul, in another order, so sums round differently (a few f
 import pytest
 import torch
 import torch.distributed as dist
-from ranks import fresh_model, random_tokens, run_ranks, settings, tiny_config, train
+from ranks import world, fresh_model, random_tokens, run_ranks, settings, tiny_config, train
 
 from mini_llm.errors import ConfigError
 from mini_llm.parallel import comm
@@ -49,7 +49,7 @@ def tp_vs_one_process(family, grad_accum):
     steps of the shared loop (in units of lr), and of the losses."""
     config, cfg = tiny_config(family), settings(grad_accum)
     task = random_tokens(config, cfg)
-    reference, ranks = fresh_model(config), TensorParallel()
+    reference, ranks = fresh_model(config), TensorParallel(world())
     model = ranks.wrap(fresh_model(config))
     for m in (reference, model):
         m(*task.batch(0, 0))[1].backward()
@@ -80,10 +80,10 @@ def test_tp_equals_one_process_on_4_ranks():
 
 def bytes_of_one_step(family, grad_accum):
     config, cfg = tiny_config(family), settings(grad_accum, iters=1)
-    model = TensorParallel().wrap(fresh_model(config))
+    model = TensorParallel(world()).wrap(fresh_model(config))
     comm.counter.start_step()
-    train(model, cfg, random_tokens(config, cfg), TensorParallel())
-    comm.counter.start_step()
+    train(model, cfg, random_tokens(config, cfg), TensorParallel(world()))
+    comm.counter.end_step()
     return comm.counter.last_step, dict(comm.counter.last_payload)
 
 
@@ -132,7 +132,7 @@ def ours_vs_dtensor(family):
     packed q|k|v rows (a rank gets q of all heads, or k of some and q of others)."""
     config = tiny_config(family)
     x, y = random_tokens(config, settings(1)).batch(0, 0)
-    ours = TensorParallel().wrap(fresh_model(config))
+    ours = TensorParallel(world()).wrap(fresh_model(config))
     theirs = dtensor_parallel(fresh_model(config), heads_split_right=True)
     naive = dtensor_parallel(fresh_model(config), heads_split_right=False)
     loss_ours, loss_theirs = ours(x, y)[1], theirs(x, y)[1]

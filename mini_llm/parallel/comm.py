@@ -9,7 +9,8 @@ on N ranks every rank sends:
   broadcast                  n   from the root (counted for the root only)
   send                       n   point to point (pipeline stages); a receive sends nothing
 
-The formulas live in costs.py, shared with the planner. The counts are of these formulas applied to the tensors actually sent: the tests check that
+The formulas are in costs.py, shared with the planner (plan.py). The counts are of these
+formulas applied to the tensors actually sent: the tests check that
 what a strategy sends per step adds up to its formula in parameters (every gradient reduced
 exactly once, every shard gathered once).
 """
@@ -42,6 +43,15 @@ class Counter:
 
 counter = Counter()  # one per process: every strategy's collectives count here
 
+# torch 2.13 renamed the single-tensor collectives; older versions (2.11 on the GPU machines)
+# have only the old names.
+_all_gather_single = getattr(dist, "all_gather_single", dist.all_gather_into_tensor)
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
+
+
+def _ranks(group):
+    return dist.get_world_size(group)  # a group's ranks: a tensor-parallel group is a subset
+
 
 def nbytes(t):
     return t.numel() * t.element_size()
@@ -49,20 +59,20 @@ def nbytes(t):
 
 def all_reduce(tensor, async_op=False, group=None):
     """Sum over ranks, in place."""
-    counter.add("all_reduce", nbytes(tensor), all_reduce_bytes(nbytes(tensor), dist.get_world_size(group)))
+    counter.add("all_reduce", nbytes(tensor), all_reduce_bytes(nbytes(tensor), _ranks(group)))
     return dist.all_reduce(tensor, async_op=async_op, group=group)
 
 
 def reduce_scatter(output, input, async_op=False, group=None):
     """output (n/N) <- this rank's part of the sum over ranks of input (n)."""
-    counter.add("reduce_scatter", nbytes(input), reduce_scatter_bytes(nbytes(input), dist.get_world_size(group)))
-    return dist.reduce_scatter_tensor(output, input, async_op=async_op, group=group)
+    counter.add("reduce_scatter", nbytes(input), reduce_scatter_bytes(nbytes(input), _ranks(group)))
+    return _reduce_scatter_single(output, input, async_op=async_op, group=group)
 
 
 def all_gather(output, input, async_op=False, group=None):
     """output (n) <- the ranks' inputs (n/N each), in rank order."""
-    counter.add("all_gather", nbytes(output), all_gather_bytes(nbytes(output), dist.get_world_size(group)))
-    return dist.all_gather_into_tensor(output, input, async_op=async_op, group=group)
+    counter.add("all_gather", nbytes(output), all_gather_bytes(nbytes(output), _ranks(group)))
+    return _all_gather_single(output, input, async_op=async_op, group=group)
 
 
 def broadcast(tensor, src=0, group=None):

@@ -57,7 +57,7 @@ def init(device="auto"):
         dist.init_process_group(world.backend, rank=rank, world_size=size, timeout=timeout)
     except (RuntimeError, ValueError) as e:  # DistNetworkError, DistStoreError are RuntimeErrors
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"rank {rank}: cannot join the process group at {where} ({cause})") from None
+        raise ConfigError(f"cannot join the process group at {where} ({cause})") from None
     return world
 
 

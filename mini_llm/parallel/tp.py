@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..loop import SingleProcess
 from ..optim import clip_grad_norm
 from . import comm
+from .strategy import Strategy
 
 
 class _CopyToRanks(torch.autograd.Function):
@@ -159,19 +159,25 @@ def unshard(tensor, layer, dim, group):
     return full
 
 
-class TensorParallel(SingleProcess):
-    """The run's `ranks` (loop.py) for tensor parallelism: every rank trains on the whole
-    batch (the loss and its logged values are the same on every rank), the gradient norm is
-    taken over the shards of all ranks, and rank 0 alone prints, logs and saves."""
+class TensorParallel(Strategy):
+    """The run's `ranks` (loop.py, strategy.py) for tensor parallelism over `group` (default:
+    all ranks): every rank trains on the whole batch, so the loss and what is logged are the
+    same on every rank; the gradient norm is taken over all ranks' shards."""
 
     name = "tp"
 
-    def __init__(self, group=None):
+    def __init__(self, world, global_batch=None, group=None):
+        super().__init__(world, global_batch)
         self.group = group
-        self.is_main = dist.get_rank() == 0
 
     def wrap(self, model):
         return parallelize(model, self.group)
+
+    def local_batch(self, batch):
+        return batch
+
+    def mean(self, value):
+        return value
 
     def clip_grad_norm(self, model, max_norm):
         """The one-process norm: the replicated gradients counted once, the shards' squares

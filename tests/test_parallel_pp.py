@@ -1,0 +1,116 @@
+"""Pipeline parallel (mini_llm/parallel/pp.py) against one process, on gloo ranks.
+
+Bitwise: a stage runs the same ops on the same micro-batches as one process, its backwards in
+micro-batch order, and the gradient norm is summed in one process's order. The one exception is
+the tied embedding with several micro-batches: one process sums its embedding and head
+gradients per micro-batch, the pipeline per stage, then across the two (another order of the
+same float32 additions). These ulps then spread to every tensor, and Adam, which divides each
+gradient entry by its own size, turns the noise on near-zero gradient entries (the keys' bias
+has a zero gradient in exact arithmetic) into a fraction of lr: there, within 1e-2 x lr after
+K steps, as for tensor parallel (tests/test_parallel_tp.py).
+"""
+
+import pytest
+import torch
+from ranks import world, FAMILIES, fresh_model, random_tokens, run_ranks, settings, tiny_config, train
+
+from mini_llm.errors import ConfigError
+from mini_llm.parallel import comm
+from mini_llm.parallel.costs import all_reduce_bytes
+from mini_llm.parallel.pp import SCHEDULES, Pipeline, check_divides
+
+TIED_ATOL_LR = 1e-2
+
+
+def pp_vs_one_process(family, grad_accum, schedule, n_layer):
+    """K steps of one process and of the pipeline from the same weights: for every parameter
+    this stage holds, the largest difference in units of lr; and whether the losses are equal."""
+    config, cfg = tiny_config(family, n_layer=n_layer), settings(grad_accum)
+    task = random_tokens(config, cfg)
+    reference = fresh_model(config)
+    ref_losses = train(reference, cfg, task)
+    ranks = Pipeline(world(), schedule=schedule)
+    model = ranks.wrap(fresh_model(config))
+    losses = train(model, cfg, task, ranks)  # the last stage's, broadcast by ranks.mean
+    ref = dict(reference.named_parameters())
+    diffs = {name: float((p.detach() - ref[name].detach()).abs().max()) / cfg.lr
+             for name, p in ranks.owned(model).items()}
+    return diffs, [float(ranks.mean(x)) for x in losses] == ref_losses
+
+
+def all_cases(world):
+    return {(f, a, s): pp_vs_one_process(f, a, s, 2 * world)
+            for f in ("gpt2", "llama") for a in (1, 4) for s in SCHEDULES}
+
+
+def check(results):
+    """Every case on every rank: equal losses, parameters within their bound. Returns
+    {family: names of the parameters the ranks hold together}."""
+    held = {}
+    for rank_result in results:
+        for (family, grad_accum, schedule), (diffs, losses_equal) in rank_result.items():
+            assert losses_equal, (family, grad_accum, schedule)
+            tied = FAMILIES[family]["tie_weights"] and grad_accum > 1
+            for name, diff in diffs.items():
+                assert diff <= (TIED_ATOL_LR if tied else 0.0), (family, grad_accum, schedule, name, diff)
+            held.setdefault(family, set()).update(diffs)
+    return held
+
+
+def names(family, n_layer):
+    return set(dict(fresh_model(tiny_config(family, n_layer=n_layer)).named_parameters()))
+
+
+def test_pp_equals_one_process_on_2_ranks():
+    held = check(run_ranks(all_cases, 2, 2))
+    assert held == {family: names(family, 4) for family in FAMILIES}
+
+
+def test_pp_equals_one_process_on_4_ranks():
+    results = run_ranks(pp_vs_one_process, 4, "gpt2", 4, "1f1b", 8)
+    assert check([{("gpt2", 4, "1f1b"): r} for r in results]) == {"gpt2": names("gpt2", 8)}
+
+
+@pytest.mark.parametrize("stages,micro", [(4, 4), (4, 2), (2, 8)])
+def test_schedules_run_every_micro_batch_once_forward_before_backward(stages, micro):
+    for stage in range(stages):
+        for name, schedule in SCHEDULES.items():
+            order = schedule(micro, stages, stage)
+            assert sorted(order) == sorted((k, m) for k in ("forward", "backward") for m in range(micro))
+            assert [m for k, m in order if k == "backward"] == list(range(micro))  # grads sum in order
+            in_flight = peak = 0
+            for kind, m in order:
+                assert kind == "backward" or ("backward", m) not in order[:order.index((kind, m))]
+                in_flight += 1 if kind == "forward" else -1
+                peak = max(peak, in_flight)
+            assert peak == (micro if name == "gpipe" else min(micro, stages - stage))
+
+
+def bytes_of_one_step(grad_accum):
+    config, cfg = tiny_config("gpt2"), settings(grad_accum, iters=1)
+    ranks = Pipeline(world())
+    model = ranks.wrap(fresh_model(config))
+    comm.counter.start_step()
+    train(model, cfg, random_tokens(config, cfg), ranks)
+    comm.counter.end_step()
+    return comm.counter.last_step, dict(comm.counter.last_payload)
+
+
+def test_pp_bytes_equal_the_formula():
+    """Per micro-batch, each stage but the last sends its (B, T, C) output forward and each
+    but the first its input's gradient back; the tied embedding's gradient is all-reduced
+    between the first and the last stage once per step."""
+    config, cfg = tiny_config("gpt2"), settings(3)
+    (sent0, payload0), (sent1, payload1) = run_ranks(bytes_of_one_step, 2, cfg.grad_accum)
+    activation = cfg.batch_size * config.block_size * config.n_embd * 4
+    embedding = config.vocab_size * config.n_embd * 4
+    for sent, payload in ((sent0, payload0), (sent1, payload1)):
+        assert payload == {"send": 3 * activation, "recv": 3 * activation, "all_reduce": embedding}
+        assert sent == 3 * activation + all_reduce_bytes(embedding, 2)
+
+
+def test_pp_refuses_layers_that_do_not_divide():
+    with pytest.raises(ConfigError, match="n_layer 3 is not divisible by 2"):
+        check_divides(tiny_config("gpt2", n_layer=3), 2)
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        Pipeline(None, schedule="zigzag")
