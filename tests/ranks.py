@@ -60,11 +60,12 @@ def fresh_model(config, seed=0):
     return GPT(config)
 
 
-def train(model, cfg, task, ranks=None):
-    """cfg.max_iters optimizer steps of the shared loop; returns the losses."""
+def train(model, cfg, task, ranks=None, return_optimizer=False):
+    """cfg.max_iters optimizer steps of the shared loop; returns the losses (or the optimizer)."""
     run = Run(cfg, model, AdamW(model.param_groups(0.1), lr=cfg.lr, betas=(0.9, 0.99)), None, {},
               ranks=ranks or SingleProcess())
-    return [float(optimizer_step(run, task, it)[0]) for it in range(cfg.max_iters)]
+    losses = [float(optimizer_step(run, task, it)[0]) for it in range(cfg.max_iters)]
+    return run.optimizer if return_optimizer else losses
 
 
 def _rank_main(fn, rank, world, port, args, results):
