@@ -60,12 +60,25 @@ def fresh_model(config, seed=0):
     return GPT(config)
 
 
-def train(model, cfg, task, ranks=None, return_optimizer=False):
-    """cfg.max_iters optimizer steps of the shared loop; returns the losses (or the optimizer)."""
+def train(model, cfg, task, ranks=None):
+    """cfg.max_iters optimizer steps of the shared loop; returns the losses and the optimizer."""
     run = Run(cfg, model, AdamW(model.param_groups(0.1), lr=cfg.lr, betas=(0.9, 0.99)), None, {},
               ranks=ranks or SingleProcess())
-    losses = [float(optimizer_step(run, task, it)[0]) for it in range(cfg.max_iters)]
-    return run.optimizer if return_optimizer else losses
+    return [float(optimizer_step(run, task, it)[0]) for it in range(cfg.max_iters)], run.optimizer
+
+
+def checkpoint_diff(model_state, optimizer_state, reference, reference_optimizer):
+    """How far a checkpoint gathered from the ranks is from one process's: the largest
+    difference of a model tensor, and of an AdamW state tensor relative to its largest entry.
+    Their names, shapes and settings must be equal."""
+    ref_model, ref_opt = reference.state_dict(), reference_optimizer.state_dict()
+    assert list(model_state) == list(ref_model)
+    assert optimizer_state["param_groups"] == ref_opt["param_groups"]
+    assert optimizer_state["state"].keys() == ref_opt["state"].keys()
+    model = max(float((model_state[k] - v).abs().max()) for k, v in ref_model.items())
+    adam = max(float((optimizer_state["state"][i][k] - v).abs().max() / v.abs().max().clamp_min(1e-30))
+               for i, state in ref_opt["state"].items() for k, v in state.items())
+    return model, adam
 
 
 def _rank_main(fn, rank, world, port, args, results):

@@ -27,7 +27,7 @@ def measure(family, strategy, grad_accum=2):
     ranks = {"tp": lambda: TensorParallel(world()), "pp": lambda: Pipeline(world()), None: lambda: None}[strategy]()
     model = ranks.wrap(fresh_model(config)) if ranks else fresh_model(config)
     comm.counter.start_step()
-    optimizer = train(model, cfg, task, ranks, return_optimizer=True)
+    _, optimizer = train(model, cfg, task, ranks)
     comm.counter.end_step()
     states = [t for s in optimizer.state.values() for t in s.values()]
     for p in model.parameters():

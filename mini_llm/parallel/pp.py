@@ -36,9 +36,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
+from ..model import GPT
 from ..optim import clip_grad_norm
 from . import comm
-from .strategy import Strategy
+from .strategy import Snapshot, Strategy
 
 
 def gpipe(micro, stages, stage):
@@ -110,6 +111,9 @@ class Pipeline(Strategy):
         # new_group is collective: every rank makes it, only the first and last use it
         self.tied_group = dist.new_group([0, P - 1]) if self.tied else None
         self.model, self.dtype = model, next(model.parameters()).dtype
+        # Evaluation calls the model as one process does (model(x, y)); on every rank the stage
+        # answers with the whole model's forward, run through the stages.
+        model.forward = self.forward_all
         return model
 
     def forward_backward(self, run, task, it):
@@ -190,3 +194,56 @@ class Pipeline(Strategy):
         value = torch.as_tensor(value, dtype=torch.float32).clone()
         dist.broadcast(value, src=self.stages - 1)  # logging: not counted
         return value
+
+    @torch.no_grad()
+    def forward_all(self, idx, targets=None, cache=None, start=0):
+        """(logits, loss) of the whole model on every rank; every rank calls it with the same
+        inputs. Not counted as a step's bytes (evaluation runs between steps)."""
+        if cache is not None or start:
+            raise ConfigError("a pipeline stage cannot decode with a KV cache: sample from the "
+                              "checkpoint (mini-llm sample RUN)")
+        model, (B, T) = self.model, idx.shape
+        if self.first:
+            h, rope = model.embed(idx)
+        else:
+            h = comm.recv(torch.empty(B, T, model.config.n_embd, dtype=self.dtype), self.stage - 1)
+            rope = model.rope(T, 0, idx.device)
+        h = model.blocks(h, rope)
+        if not self.last:
+            comm.isend(h, self.stage + 1).wait()
+            logits, loss = torch.empty(B, T, model.config.vocab_size), torch.empty(())
+        else:
+            logits, loss = model.head(h, targets)
+            logits, loss = logits.float(), torch.zeros(()) if loss is None else loss
+        dist.broadcast(logits.contiguous(), src=self.stages - 1)
+        loss = loss.float().contiguous()
+        dist.broadcast(loss, src=self.stages - 1)
+        return logits, (loss if targets is not None else None)
+
+    def for_checkpoint(self, model, optimizer):
+        """The one-process model and AdamW state, gathered from the stages on rank 0 (a
+        collective); the other ranks get (None, None): only rank 0 writes."""
+        owned = self.owned(model)
+        name_of = {id(p): name for name, p in owned.items()}
+        states = {name_of[id(p)]: {k: v.cpu() for k, v in optimizer.state[p].items()}
+                  for group in optimizer.param_groups for p in group["params"]
+                  if id(p) in name_of and p in optimizer.state}
+        mine = ({name: p.detach().cpu() for name, p in owned.items()}, states)
+        gathered = [None] * self.stages if self.is_main else None
+        dist.gather_object(mine, gathered, dst=0)
+        if not self.is_main:
+            return None, None
+        params = {k: v for stage_params, _ in gathered for k, v in stage_params.items()}
+        states = {k: v for _, stage_states in gathered for k, v in stage_states.items()}
+        with torch.device("meta"):  # one process's parameter order and optimizer groups
+            whole = GPT(model.config)
+        name_of = {id(p): name for name, p in whole.named_parameters()}
+        opt, index = {"state": {}, "param_groups": []}, 0
+        for group, mine in zip(whole.param_groups(0.0), optimizer.param_groups):
+            settings = {k: v for k, v in mine.items() if k != "params"}
+            opt["param_groups"].append({**settings, "params": list(range(index, index + len(group["params"])))})
+            for p in group["params"]:
+                if name_of[id(p)] in states:
+                    opt["state"][index] = states[name_of[id(p)]]
+                index += 1
+        return Snapshot({name: params[name] for name in name_of.values()}), Snapshot(opt)

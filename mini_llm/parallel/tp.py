@@ -39,7 +39,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..optim import clip_grad_norm
 from . import comm
-from .strategy import Strategy
+from .strategy import Snapshot, Strategy
 
 
 class _CopyToRanks(torch.autograd.Function):
@@ -188,3 +188,18 @@ class TensorParallel(Strategy):
         dist.all_reduce(split, group=self.group)  # one float: left out of the byte counts
         whole = sum((p.grad.float() ** 2).sum() for p in params if id(p) not in sharded)
         return clip_grad_norm(params, max_norm, torch.sqrt(whole + split))
+
+    def for_checkpoint(self, model, optimizer):
+        """The one-process model and AdamW state, every shard gathered (collective)."""
+        sharded = sharded_params(model)
+
+        def whole(p, t):
+            return unshard(t, *sharded[p], self.group) if p in sharded else t
+
+        state = {name: whole(p, p.detach()) for name, p in model.named_parameters()}
+        opt = optimizer.state_dict()  # parameters by index, the same order as one process's
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for i, p in enumerate(params):
+            if i in opt["state"]:
+                opt["state"][i] = {k: whole(p, v) if v.dim() else v for k, v in opt["state"][i].items()}
+        return Snapshot(state), Snapshot(opt)
