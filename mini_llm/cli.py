@@ -10,6 +10,7 @@
     mini-llm plot RUN [RUN ...] [-o PNG]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
+    mini-llm parallel plan [--model llama3-8b|llama3-70b|PRESET] [--gpus N] [--gpu h100] [--bandwidth GB/s] ...
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -189,6 +190,28 @@ def cmd_memory(args):
     print(format_prediction(prediction, measured))
 
 
+def cmd_parallel_plan(args):
+    from .parallel.plan import GPUS, MODELS, Network, Shape, format_plan, plan
+
+    if args.model in MODELS:
+        shape, seq_len = MODELS[args.model], args.seq_len or 8192
+    else:
+        config = GPTConfig(vocab_size=args.vocab_size, **get_preset(args.model)["model"])
+        shape, seq_len = Shape.of(config), args.seq_len or config.block_size
+    for name in ("gpus", "global_batch", "micro_batch", "gpus_per_node"):
+        if getattr(args, name) < 1:
+            raise MiniLLMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    gpu, net = GPUS[args.gpu], Network(args.bandwidth * 1e9, args.latency * 1e-6, args.gpus_per_node)
+    rows = plan(shape, args.gpus, gpu, net, args.global_batch, args.micro_batch, seq_len,
+                checkpointing=args.activation_checkpointing, act_bytes=2 if args.dtype == "bfloat16" else 4)
+    if not rows:
+        raise MiniLLMError(f"no layout of {args.gpus} GPUs divides a global batch of {args.global_batch} "
+                           f"into micro-batches of {args.micro_batch}")
+    print(format_plan(rows, f"{args.model} ({shape.params() / 1e9:.2f}B parameters) on {args.gpus} x "
+                      f"{gpu.name}, {args.bandwidth:g} GB/s and {args.latency:g} us between nodes; global "
+                      f"batch {args.global_batch} x {seq_len} tokens, micro-batch {args.micro_batch}", args.top))
+
+
 def cmd_scratch_train(args):
     from .scratch.train import train_char_mlp
 
@@ -287,6 +310,28 @@ def build_parser():
     p.add_argument("--measure", action="store_true", help="also run two training steps on random "
                    "tokens and print the measured peak beside the prediction")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("parallel", help="stage 4: plan how to split training over many GPUs")
+    parallel_sub = p.add_subparsers(dest="parallel_command", required=True)
+    p = parallel_sub.add_parser("plan", help="memory per GPU, bytes per step, step time and MFU of "
+                                "every data x tensor x pipeline layout (mini_llm/parallel/plan.py)")
+    p.add_argument("--model", default="llama3-8b", help="llama3-8b, llama3-70b or a preset "
+                   f"({', '.join(PRESETS)})")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", default="h100", choices=("h100", "h200", "a100"))
+    p.add_argument("--bandwidth", type=float, default=50.0,
+                   help="GB/s per GPU between nodes (default 50: 400 Gb/s InfiniBand)")
+    p.add_argument("--latency", type=float, default=5.0, help="microseconds per hop between nodes")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs joined by NVLink")
+    p.add_argument("--global-batch", type=int, default=512, help="sequences per optimizer step")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU and micro-batch")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 8192, or the preset's)")
+    p.add_argument("--vocab-size", type=int, default=65, help="for a preset (default: 65)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"),
+                   help="the compute dtype (parameters, gradients and AdamW stay float32)")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--top", type=int, default=20, help="rows to print, fastest first")
+    p.set_defaults(func=cmd_parallel_plan)
 
     p = sub.add_parser("scratch", help="stage F: neural networks from scratch in NumPy")
     scratch = p.add_subparsers(dest="scratch_command", required=True)

@@ -135,8 +135,8 @@ class Layout:
         return self.d * self.t * self.p
 
     def __str__(self):
-        parts = [f"{self.dp} {self.d}"] + [f"tp {self.t}"] * (self.t > 1) + \
-                [f"pp {self.p} {self.schedule}"] * (self.p > 1)
+        parts = [f"{self.dp} {self.d}"] * (self.d > 1 or self.gpus == 1) + [f"tp {self.t}"] * (self.t > 1) + \
+            [f"pp {self.p} {self.schedule}"] * (self.p > 1)
         return " x ".join(parts)
 
 
@@ -330,18 +330,29 @@ def plan(shape, gpus, gpu, net, global_batch, b, T, checkpointing=True, act_byte
         worst = max(stages, key=lambda r: r.memory)
         busiest = max(stages, key=lambda r: r.sent)
         timing = step_seconds(shape, layout, run, gpu, net, replace(busiest))
-        rows.append({"layout": str(layout), "accum": accum, "memory_gb": worst.memory / 1e9,
-                     "states_gb": worst.states / 1e9, "activations_gb": worst.activations / 1e9,
-                     "fits": worst.memory <= gpu.memory, "sent_gb": busiest.sent / 1e9, **timing})
+        rows.append({"layout": str(layout), "accum": accum, "memory": worst.memory, "states": worst.states,
+                     "activations": worst.activations, "fits": worst.memory <= gpu.memory,
+                     "sent": busiest.sent, **timing})
     return sorted(rows, key=lambda r: (not r["fits"], r["step"]))
 
 
+def size(n):
+    """Bytes in the unit that suits them: 1.2 GB, 34.5 MB, 6.7 kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
 def format_plan(rows, title, limit=None):
-    lines = [title, f"{'layout':<30}{'accum':>6}{'memory GB':>11}{'(states':>9}{'acts)':>7}"
-                    f"{'sent GB':>9}{'compute s':>11}{'bubble':>8}{'comm s':>8}{'step s':>8}{'MFU':>7}"]
-    for r in rows[:limit]:
-        lines.append(f"{r['layout']:<30}{r['accum']:>6}{r['memory_gb']:>11.1f}{r['states_gb']:>9.1f}"
-                     f"{r['activations_gb']:>7.1f}{r['sent_gb']:>9.2f}{r['compute']:>11.3f}"
-                     f"{r['bubble']:>8.3f}{r['communication']:>8.3f}{r['step']:>8.3f}"
-                     f"{r['mfu'] * 100:>6.1f}%" + ("" if r["fits"] else "  does not fit"))
+    """The rows as a text table: memory and bytes sent per GPU (the busiest pipeline stage),
+    then seconds per step: compute, pipeline bubble, communication, in all; and MFU."""
+    head = ["layout", "accum", "memory", "states", "activations", "sent/step", "compute s", "bubble s",
+            "comm s", "step s", "MFU"]
+    table = [[r["layout"], str(r["accum"]), size(r["memory"]), size(r["states"]), size(r["activations"]),
+              size(r["sent"]), *(f"{r[k]:.3g}" for k in ("compute", "bubble", "communication", "step")),
+              f"{r['mfu'] * 100:.1f}%" + ("" if r["fits"] else " (does not fit)")] for r in rows[:limit]]
+    widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
+    lines = [title] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                       for row in [head, *table]]
     return "\n".join(lines)
