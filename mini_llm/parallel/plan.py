@@ -348,10 +348,10 @@ def format_plan(rows, title, limit=None):
     """The rows as a text table: memory and bytes sent per GPU (the busiest pipeline stage),
     then seconds per step: compute, pipeline bubble, communication, in all; and MFU."""
     head = ["layout", "accum", "memory", "states", "activations", "sent/step", "compute s", "bubble s",
-            "comm s", "step s", "MFU"]
+            "comm s", "step s", "MFU", "fits"]
     table = [[r["layout"], str(r["accum"]), size(r["memory"]), size(r["states"]), size(r["activations"]),
               size(r["sent"]), *(f"{r[k]:.3g}" for k in ("compute", "bubble", "communication", "step")),
-              f"{r['mfu'] * 100:.1f}%" + ("" if r["fits"] else " (does not fit)")] for r in rows[:limit]]
+              f"{r['mfu'] * 100:.1f}%", "yes" if r["fits"] else "no"] for r in rows[:limit]]
     widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
     lines = [title] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
                        for row in [head, *table]]
