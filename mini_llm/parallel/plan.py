@@ -220,6 +220,8 @@ def in_flight(layout, run, stage):
 def rank_plan(shape, layout, run, stage=0):
     """What one GPU of pipeline stage `stage` holds and sends in one step."""
     shape.check(layout.t, layout.p)
+    if not 0 <= stage < layout.p:
+        raise ConfigError(f"stage {stage} of a pipeline of {layout.p}")
     n, tensors, in_blocks = stage_params(shape, layout, stage)
     d, P = layout.d, n * FP32
     sharded = {"ddp": (1, 1, 1), "zero1": (1, 1, d), "zero2": (1, d, d), "fsdp": (d, d, d)}[layout.dp]
