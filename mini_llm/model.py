@@ -121,7 +121,8 @@ class KVCache:
         end = start + k.size(2)
         if end > self.max_len:
             raise ValueError(f"positions {start}..{end - 1} do not fit a cache of {self.max_len}")
-        if self.k is None:
+        if self.k is None:  # the heads as k has them: a tensor-parallel rank holds some
+            self.shape = self.shape[:2] + (k.size(1),) + self.shape[3:]
             self.k = torch.zeros(self.shape, device=self.device, dtype=k.dtype)
             self.v = torch.zeros_like(self.k)
         self.k[layer, :, :, start:end] = k

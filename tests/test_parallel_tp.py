@@ -19,6 +19,7 @@ import torch.distributed as dist
 from ranks import world, checkpoint_diff, fresh_model, random_tokens, run_ranks, settings, tiny_config, train
 
 from mini_llm.errors import ConfigError
+from mini_llm.generate import generate
 from mini_llm.parallel import comm
 from mini_llm.parallel.tp import TensorParallel, check_divides, sharded_params, unshard
 
@@ -54,6 +55,8 @@ def tp_vs_one_process(family, grad_accum):
     for m in (reference, model):
         m.zero_grad(set_to_none=True)
     (ref_losses, ref_optimizer), (losses, optimizer) = train(reference, cfg, task), train(model, cfg, task, ranks)
+    prompt = task.batch(99, 0)[0][:1, :4]  # greedy decoding with the KV cache: the same tokens
+    assert torch.equal(generate(model, prompt, 8, temperature=0), generate(reference, prompt, 8, temperature=0))
     model_state, optimizer_state = (s.state_dict() for s in ranks.for_checkpoint(model, optimizer))
     params, adam = checkpoint_diff(model_state, optimizer_state, reference, ref_optimizer)
     return grads, params / cfg.lr, adam, max_rel_diff(torch.tensor(losses), torch.tensor(ref_losses))
