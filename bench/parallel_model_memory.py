@@ -1,7 +1,7 @@
 """Memory and bytes per rank of tensor and pipeline parallel: the planner's prediction
 (mini_llm/parallel/plan.py) against what gloo ranks on this CPU hold and send.
 
-    python bench/parallel_memory.py
+    python bench/parallel_model_memory.py
 
 Runs torchrun (torch.distributed.run) with 1, 2 and 4 ranks of this file. Each rank builds the
 shakespeare-char-cpu model (4 layers, 4 heads, 128 wide, context 64; Tiny Shakespeare's 65
@@ -10,7 +10,7 @@ micro-batches of 12 sequences, 2 per step, in float32. Measured per rank: the by
 second step (comm.py's counters), the bytes of the parameters, gradients and AdamW state it
 holds, and its peak: the parameters plus the profiler's peak of what the steps allocate
 (memory.cpu_peak_bytes). Predicted: rank_plan() for the same layout and stage. Writes
-bench/results/parallel_memory_cpu.{json,md}.
+bench/results/parallel_model_memory_cpu.{json,md}.
 """
 
 import json
@@ -92,17 +92,17 @@ def main():
     from train_vs_nanogpt import machine
 
     RESULTS.mkdir(exist_ok=True)
-    raw = RESULTS / "parallel_memory_cpu.jsonl"
+    raw = RESULTS / "parallel_model_memory_cpu.jsonl"
     raw.unlink(missing_ok=True)
     for strategy, size in (("tp", 1), ("tp", 2), ("tp", 4), ("pp", 2), ("pp", 4)):
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(size),
-                        "--master-port", str(free_port()), "-m", "bench.parallel_memory", strategy, str(raw)],
+                        "--master-port", str(free_port()), "-m", "bench.parallel_model_memory", strategy, str(raw)],
                        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     raw.unlink()
     mib = 2**20
     lines = ["# Memory and bytes per rank: tensor and pipeline parallel, predicted vs measured (CPU, gloo)", "",
-             f"Made by `python bench/parallel_memory.py` on {machine()}; the ranks share its cores. "
+             f"Made by `python bench/parallel_model_memory.py` on {machine()}; the ranks share its cores. "
              f"shakespeare-char-cpu model, float32, micro-batches of {BATCH} x 64 tokens, {ACCUM} per step "
              "(pp: 1F1B). States: parameters + gradients + AdamW (m, v, step), counted tensor by tensor; "
              "peak: the parameters + the profiler's peak of the two steps; predicted: "
@@ -116,8 +116,8 @@ def main():
         lines.append(f"| {r['strategy']} | {r['ranks']} | {r['rank']} | {m['sent']:,} | {p['sent']:,} | "
                      f"{states_m / mib:.3f} | {states_p / mib:.3f} | {m['peak'] / mib:.2f} | "
                      f"{p['peak'] / mib:.2f} | {p['peak'] / m['peak']:.2f} |")
-    (RESULTS / "parallel_memory_cpu.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
-    (RESULTS / "parallel_memory_cpu.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "parallel_model_memory_cpu.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+    (RESULTS / "parallel_model_memory_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
