@@ -58,24 +58,26 @@ def rank_main(strategy, out):
     torch.manual_seed(cfg.seed)
     ranks = {"tp": TensorParallel, "pp": Pipeline}[strategy](world) if size > 1 else SingleProcess()
     model = ranks.wrap(GPT(config)) if size > 1 else GPT(config)
-    held = {}
+    run = Run(cfg, model, None, None, {}, ranks=ranks)
 
-    def steps():  # built inside the profiler: the optimizer state is allocated in step 1
-        run = Run(cfg, model, AdamW(model.param_groups(0.1), lr=cfg.lr), None, {}, ranks=ranks)
+    def steps():  # the optimizer made inside the profiler: its state is allocated in step 1
+        run.optimizer = AdamW(model.param_groups(0.1), lr=cfg.lr)
         for it in range(STEPS):
             comm.counter.start_step()
             optimizer_step(run, task, it)
             comm.counter.end_step()
-        held["optimizer"] = nbytes(t for s in run.optimizer.state.values() for t in s.values())
 
     params = nbytes(model.parameters())
     peak = params + cpu_peak_bytes(steps)
+    ranks.forward_backward(run, task, STEPS)  # the gradients a step holds, to count them
+    held = {"grads": nbytes(p.grad for p in model.parameters()),
+            "optimizer": nbytes(t for s in run.optimizer.state.values() for t in s.values())}
     layout = plan.Layout("ddp", 1, t=size if strategy == "tp" else 1, p=size if strategy == "pp" else 1)
     stage = rank if strategy == "pp" else 0
-    predicted = plan.rank_plan(plan.Shape.of(config), layout, plan.Run(BATCH, config.block_size, ACCUM, 4), stage)
+    work = plan.Run(BATCH, config.block_size, ACCUM, act_bytes=4)
+    predicted = plan.rank_plan(plan.Shape.of(config), layout, work, stage)
     row = {"strategy": strategy if size > 1 else "one process", "ranks": size, "rank": rank,
-           "measured": {"peak": peak, "params": params, "grads": params, "optimizer": held["optimizer"],
-                        "sent": comm.counter.last_step},
+           "measured": {"peak": peak, "params": params, **held, "sent": comm.counter.last_step},
            "predicted": {"peak": predicted.memory, "params": predicted.params, "grads": predicted.grads,
                          "optimizer": predicted.optimizer, "activations": predicted.activations,
                          "sent": round(predicted.sent)}}
@@ -95,28 +97,30 @@ def main():
     raw = RESULTS / "parallel_model_memory_cpu.jsonl"
     raw.unlink(missing_ok=True)
     for strategy, size in (("tp", 1), ("tp", 2), ("tp", 4), ("pp", 2), ("pp", 4)):
-        subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(size),
-                        "--master-port", str(free_port()), "-m", "bench.parallel_model_memory", strategy, str(raw)],
-                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(size),
+                    "--master-port", str(free_port())]
+        subprocess.run([*torchrun, "-m", "bench.parallel_model_memory", strategy, str(raw)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     raw.unlink()
-    mib = 2**20
+    mib, m = 2**20, machine()
     lines = ["# Memory and bytes per rank: tensor and pipeline parallel, predicted vs measured (CPU, gloo)", "",
-             f"Made by `python bench/parallel_model_memory.py` on {machine()}; the ranks share its cores. "
+             f"Made by `python bench/parallel_model_memory.py` on {m['cpu']} ({m['cores']} cores, shared by "
+             f"the ranks), torch {m['torch']}, commit {m['git_commit']}, {m['date']}. "
              f"shakespeare-char-cpu model, float32, micro-batches of {BATCH} x 64 tokens, {ACCUM} per step "
              "(pp: 1F1B). States: parameters + gradients + AdamW (m, v, step), counted tensor by tensor; "
              "peak: the parameters + the profiler's peak of the two steps; predicted: "
              "mini_llm/parallel/plan.py (its activation formula is FlashAttention's, no allocator "
              "or temporaries).", "",
-             "| strategy | ranks | rank | sent/step measured | predicted | states measured (MiB) | predicted | "
-             "peak measured (MiB) | predicted | predicted / measured |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| strategy | ranks | rank | sent/step measured | predicted | states measured (MiB) | predicted "
+             "| peak measured (MiB) | predicted | predicted / measured |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, p = r["measured"], r["predicted"]
         states_m, states_p = (x["params"] + x["grads"] + x["optimizer"] for x in (m, p))
         lines.append(f"| {r['strategy']} | {r['ranks']} | {r['rank']} | {m['sent']:,} | {p['sent']:,} | "
                      f"{states_m / mib:.3f} | {states_p / mib:.3f} | {m['peak'] / mib:.2f} | "
                      f"{p['peak'] / mib:.2f} | {p['peak'] / m['peak']:.2f} |")
-    (RESULTS / "parallel_model_memory_cpu.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+    (RESULTS / "parallel_model_memory_cpu.json").write_text(json.dumps({"machine": m, "rows": rows}, indent=1) + "\n")
     (RESULTS / "parallel_model_memory_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

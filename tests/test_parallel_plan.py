@@ -1,40 +1,42 @@
 """The planner (mini_llm/parallel/plan.py) against what the gloo runs hold and send: the bytes
-of every collective per step and the bytes of parameters, gradients and optimizer state, per
+of every collective per step (and the tensors handed to them, against the formulas written
+out from the model's shapes) and the bytes of parameters, gradients and optimizer state, per
 rank, at 1, 2 and 4 ranks, for tensor and pipeline parallel, on both block families."""
 
 import pytest
-import torch
-from ranks import FAMILIES, fresh_model, random_tokens, run_ranks, settings, tiny_config, train, world
+from ranks import FAMILIES, fresh_model, random_tokens, run_ranks, settings, tiny_config, world
 
 from mini_llm.errors import ConfigError
+from mini_llm.loop import Run as LoopRun
+from mini_llm.loop import SingleProcess, optimizer_step
+from mini_llm.optim import AdamW
 from mini_llm.parallel import comm
 from mini_llm.parallel.plan import MODELS, Layout, Run, Shape, rank_plan
 from mini_llm.parallel.pp import Pipeline
 from mini_llm.parallel.tp import TensorParallel
-
-KINDS = {"all_reduce": ("tp all-reduce", "pp tied embedding"), "send": ("pp send",)}
-
 
 def nbytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def measure(family, strategy, grad_accum=2):
-    """One step of `strategy` (None: one process): bytes sent per collective kind, and the
-    bytes of the parameters, their gradients and AdamW's state this rank holds."""
+    """One step of `strategy` (None: one process): the bytes it sent, and the bytes of the
+    parameters, their gradients (a second step's forward and backward) and AdamW's state this
+    rank holds."""
     config, cfg = tiny_config(family, n_layer=4), settings(grad_accum, iters=1)
     task = random_tokens(config, cfg)
-    ranks = {"tp": lambda: TensorParallel(world()), "pp": lambda: Pipeline(world()), None: lambda: None}[strategy]()
-    model = ranks.wrap(fresh_model(config)) if ranks else fresh_model(config)
+    make = {"tp": TensorParallel, "pp": Pipeline}.get(strategy)
+    ranks = make(world()) if make else SingleProcess()
+    model = ranks.wrap(fresh_model(config)) if make else fresh_model(config)
+    run = LoopRun(cfg, model, AdamW(model.param_groups(0.1), lr=cfg.lr), None, {}, ranks=ranks)
     comm.counter.start_step()
-    _, optimizer = train(model, cfg, task, ranks)
+    optimizer_step(run, task, 0)
     comm.counter.end_step()
-    states = [t for s in optimizer.state.values() for t in s.values()]
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)  # the gradients a step holds: one per parameter
+    ranks.forward_backward(run, task, 1)
+    states = [t for s in run.optimizer.state.values() for t in s.values()]
     return {"sent": comm.counter.last_step, "payload": comm.counter.last_payload,
-            "params": nbytes(model.parameters()), "grads": nbytes(p.grad for p in model.parameters()),
-            "optimizer": nbytes(states)}
+            "params": nbytes(model.parameters()),
+            "grads": nbytes(p.grad for p in model.parameters()), "optimizer": nbytes(states)}
 
 
 def planned(family, layout, stage, grad_accum=2):
@@ -45,12 +47,11 @@ def planned(family, layout, stage, grad_accum=2):
 
 def check(measured, plan):
     assert measured["sent"] == round(plan.sent)
-    assert measured["params"] + measured["optimizer"] == plan.params + plan.optimizer
-    assert measured["grads"] == plan.grads
+    assert (measured["params"], measured["grads"], measured["optimizer"]) == (plan.params, plan.grads, plan.optimizer)
 
 
-def both(family):
-    return measure(family, "tp"), measure(family, "pp")
+def both(families):
+    return {family: (measure(family, "tp"), measure(family, "pp")) for family in families}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -58,12 +59,30 @@ def test_plan_equals_one_process(family):
     check(measure(family, None), planned(family, Layout("ddp", 1), 0))
 
 
-@pytest.mark.parametrize("world_size", [2, 4])
-def test_plan_equals_tp_and_pp_runs(world_size):
-    results = run_ranks(both, world_size, "gpt2")
-    for rank, (tp, pp) in enumerate(results):
-        check(tp, planned("gpt2", Layout("ddp", 1, t=world_size), 0))
-        check(pp, planned("gpt2", Layout("ddp", 1, p=world_size), rank))
+def tensors_sent(family, world_size, rank, grad_accum=2):
+    """What each collective is handed in one step, written out from the model's shapes:
+      tp: per layer and micro-batch, 2 all-reduces of the (B, T, C) activations in the forward
+          (g) and 2 of their gradients in the backward (f);
+      pp: per micro-batch, each stage but the last sends its (B, T, C) output forward, each but
+          the first its input's gradient back; a tied embedding's gradient is all-reduced
+          between the first and the last stage once per step."""
+    config, cfg = tiny_config(family, n_layer=4), settings(grad_accum)
+    activation = cfg.batch_size * config.block_size * config.n_embd * 4
+    tp = {"all_reduce": 4 * config.n_layer * grad_accum * activation}
+    pp = {"send": grad_accum * activation * ((rank < world_size - 1) + (rank > 0))}
+    pp["recv"] = pp["send"]
+    if config.tie_weights and rank in (0, world_size - 1):
+        pp["all_reduce"] = config.vocab_size * config.n_embd * 4
+    return tp, pp
+
+
+@pytest.mark.parametrize("world_size,families", [(2, list(FAMILIES)), (4, ["gpt2"])])
+def test_plan_equals_tp_and_pp_runs(world_size, families):
+    for rank, result in enumerate(run_ranks(both, world_size, families)):
+        for family, (tp, pp) in result.items():
+            assert (tp["payload"], pp["payload"]) == tensors_sent(family, world_size, rank)
+            check(tp, planned(family, Layout("ddp", 1, t=world_size), 0))
+            check(pp, planned(family, Layout("ddp", 1, p=world_size), rank))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

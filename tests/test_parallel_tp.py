@@ -1,5 +1,5 @@
 """Tensor parallel (mini_llm/parallel/tp.py) against one process and against torch's DTensor
-tensor parallel, on gloo ranks.
+tensor parallel, on gloo ranks. Its bytes per step: tests/test_parallel_plan.py.
 
 Not bitwise: the row-parallel all-reduce adds N partial matmuls where one process adds the same
 products inside one matmul, in another order, so sums round differently (a few float32 ulps).
@@ -16,11 +16,10 @@ products inside one matmul, in another order, so sums round differently (a few f
 import pytest
 import torch
 import torch.distributed as dist
-from ranks import world, checkpoint_diff, fresh_model, random_tokens, run_ranks, settings, tiny_config, train
+from ranks import checkpoint_diff, fresh_model, random_tokens, run_ranks, settings, tiny_config, train, world
 
 from mini_llm.errors import ConfigError
 from mini_llm.generate import generate
-from mini_llm.parallel import comm
 from mini_llm.parallel.tp import TensorParallel, check_divides, sharded_params, unshard
 
 RTOL, ATOL_LR, ADAM_RTOL = 1e-5, 3e-2, 2e-3
@@ -54,9 +53,10 @@ def tp_vs_one_process(family, grad_accum):
     grads = worst(full_grads(model), {n: p.grad for n, p in reference.named_parameters()}, max_rel_diff)
     for m in (reference, model):
         m.zero_grad(set_to_none=True)
-    (ref_losses, ref_optimizer), (losses, optimizer) = train(reference, cfg, task), train(model, cfg, task, ranks)
+    ref_losses, ref_optimizer = train(reference, cfg, task)
+    losses, optimizer = train(model, cfg, task, ranks)
     prompt = task.batch(99, 0)[0][:1, :4]  # greedy decoding with the KV cache: the same tokens
-    assert torch.equal(generate(model, prompt, 8, temperature=0), generate(reference, prompt, 8, temperature=0))
+    assert torch.equal(*(generate(m, prompt, 8, temperature=0) for m in (model, reference)))
     model_state, optimizer_state = (s.state_dict() for s in ranks.for_checkpoint(model, optimizer))
     params, adam = checkpoint_diff(model_state, optimizer_state, reference, ref_optimizer)
     return grads, params / cfg.lr, adam, max_rel_diff(torch.tensor(losses), torch.tensor(ref_losses))
@@ -79,29 +79,6 @@ def test_tp_equals_one_process_on_4_ranks():
     assert grads < RTOL and params < ATOL_LR and adam < ADAM_RTOL and losses < RTOL
 
 
-def bytes_of_one_step(family, grad_accum):
-    config, cfg = tiny_config(family), settings(grad_accum, iters=1)
-    model = TensorParallel(world()).wrap(fresh_model(config))
-    comm.counter.start_step()
-    train(model, cfg, random_tokens(config, cfg), TensorParallel(world()))
-    comm.counter.end_step()
-    return comm.counter.last_step, dict(comm.counter.last_payload)
-
-
-@pytest.mark.parametrize("world", [2])
-def test_tp_bytes_equal_the_formula(world):
-    """Per layer and micro-batch: 2 all-reduces of the (B, T, C) activations forward (g) and
-    2 of their gradients backward (f); each sends 2 (N-1)/N of its bytes."""
-    from mini_llm.parallel.costs import all_reduce_bytes
-
-    config, grad_accum = tiny_config("gpt2"), 2
-    sent, payload = run_ranks(bytes_of_one_step, world, "gpt2", grad_accum)[0]
-    activation = settings(grad_accum).batch_size * config.block_size * config.n_embd * 4
-    calls = 4 * config.n_layer * grad_accum
-    assert payload == {"all_reduce": calls * activation}
-    assert sent == round(calls * all_reduce_bytes(activation, world))
-
-
 def rank_major(weight, parts, ranks):
     """The rows of a packed weight ([q | k | v], or [gate | up]) reordered so that torch's
     ColwiseParallel, which gives rank r the r-th contiguous block, gives each rank its heads'
@@ -118,12 +95,14 @@ def dtensor_parallel(model, heads_split_right):
     gate_up = 2 if model.config.mlp == "swiglu" else 1
     with torch.no_grad():
         for block in model.h:
-            if heads_split_right:
-                block.attn.c_attn.weight.copy_(rank_major(block.attn.c_attn.weight, 3, ranks))
-                block.mlp.c_fc.weight.copy_(rank_major(block.mlp.c_fc.weight, gate_up, ranks))
+            for linear, parts in ((block.attn.c_attn, 3), (block.mlp.c_fc, gate_up)):
+                for p in (linear.weight, linear.bias):
+                    if heads_split_right and p is not None:
+                        p.copy_(rank_major(p, parts, ranks))
             block.attn.n_head //= ranks
-            parallelize_module(block, mesh, {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
-                                             "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()})
+            plan = {"attn.c_attn": ColwiseParallel(), "attn.c_proj": RowwiseParallel(),
+                    "mlp.c_fc": ColwiseParallel(), "mlp.c_proj": RowwiseParallel()}
+            parallelize_module(block, mesh, plan)
     return model
 
 

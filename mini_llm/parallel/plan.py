@@ -224,6 +224,7 @@ def rank_plan(shape, layout, run, stage=0):
         raise ConfigError(f"stage {stage} of a pipeline of {layout.p}")
     n, tensors, in_blocks = stage_params(shape, layout, stage)
     d, P = layout.d, n * FP32
+    # what data parallel shards d ways: (parameters, gradients, optimizer state)
     sharded = {"ddp": (1, 1, 1), "zero1": (1, 1, d), "zero2": (1, d, d), "fsdp": (d, d, d)}[layout.dp]
     params, grads, adam = P // sharded[0], P // sharded[1], 2 * P // sharded[2]
     if layout.dp == "fsdp":  # one block gathered at a time, with its gradients in the backward
@@ -239,15 +240,16 @@ def rank_plan(shape, layout, run, stage=0):
     if layout.t > 1:
         per_layer = 2 * all_reduce_bytes(tokens * shape.n_embd * run.act_bytes, layout.t) + \
             2 * all_reduce_bytes(tokens * shape.n_embd * FP32, layout.t)
-        sent["tp all-reduce"] = per_layer * shape.n_layer // layout.p * run.accum
+        sent["tp all-reduce"] = per_layer * (shape.n_layer // layout.p) * run.accum
     if layout.p > 1:
         boundaries = (stage < layout.p - 1) + (stage > 0)
         sent["pp send"] = boundaries * run.accum * tokens * shape.n_embd * FP32
         if shape.tied and stage in (0, layout.p - 1):
             sent["pp tied embedding"] = all_reduce_bytes(shape.vocab * shape.n_embd * FP32, 2)
     if d > 1:
-        sent[f"{layout.dp}"] = data_parallel_bytes(layout.dp, P, in_blocks * FP32, d, run.accum)
-    return RankPlan(params + FP32 * tensors // sharded[2], grads, adam, acts, sent)
+        sent[layout.dp] = data_parallel_bytes(layout.dp, P, in_blocks * FP32, d, run.accum)
+    steps = FP32 * tensors // sharded[2]  # AdamW's step counter, one float32 per tensor
+    return RankPlan(params, grads, adam + steps, acts, sent)
 
 
 def data_parallel_bytes(kind, grads, block_params, d, accum):
@@ -355,6 +357,7 @@ def format_plan(rows, title, limit=None):
               size(r["sent"]), *(f"{r[k]:.3g}" for k in ("compute", "bubble", "communication", "step")),
               f"{r['mfu'] * 100:.1f}%", "yes" if r["fits"] else "no"] for r in rows[:limit]]
     widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head))]
-    lines = [title] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                       for row in [head, *table]]
-    return "\n".join(lines)
+    def line(row):  # the layout left-aligned, the numbers right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([title] + [line(row) for row in [head, *table]])

@@ -241,7 +241,8 @@ class Pipeline(Strategy):
         opt, index = {"state": {}, "param_groups": []}, 0
         for group, mine in zip(whole.param_groups(0.0), optimizer.param_groups):
             settings = {k: v for k, v in mine.items() if k != "params"}
-            opt["param_groups"].append({**settings, "params": list(range(index, index + len(group["params"])))})
+            indices = list(range(index, index + len(group["params"])))
+            opt["param_groups"].append({**settings, "params": indices})
             for p in group["params"]:
                 if name_of[id(p)] in states:
                     opt["state"][index] = states[name_of[id(p)]]
