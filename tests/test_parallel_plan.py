@@ -11,7 +11,7 @@ from mini_llm.loop import Run as LoopRun
 from mini_llm.loop import SingleProcess, optimizer_step
 from mini_llm.optim import AdamW
 from mini_llm.parallel import comm
-from mini_llm.parallel.plan import MODELS, Layout, Run, Shape, rank_plan
+from mini_llm.parallel.plan import DP_KINDS, MODELS, Layout, Run, Shape, rank_plan
 from mini_llm.parallel.pp import Pipeline
 from mini_llm.parallel.tp import TensorParallel
 
@@ -83,6 +83,35 @@ def test_plan_equals_tp_and_pp_runs(world_size, families):
             assert (tp["payload"], pp["payload"]) == tensors_sent(family, world_size, rank)
             check(tp, planned(family, Layout("ddp", 1, t=world_size), 0))
             check(pp, planned(family, Layout("ddp", 1, p=world_size), rank))
+
+
+def data_parallel_sent(families, accums):
+    """{(family, strategy, grad_accum): (bytes this rank sent in a step, the planner's)} for the
+    data-parallel strategies (branch dp's ddp.py, zero.py, fsdp.py), micro-batches of 2 per rank."""
+    from mini_llm.parallel import make_strategy
+
+    out, ranks = {}, world()
+    for family in families:
+        for kind in DP_KINDS:
+            for grad_accum in accums:
+                config, cfg = tiny_config(family, n_layer=4), settings(grad_accum, batch_size=2 * ranks.size)
+                strategy = make_strategy(kind, ranks, cfg.batch_size * grad_accum)
+                model = fresh_model(config)
+                step_model = strategy.wrap(model)
+                optimizer = strategy.optimizer(model.param_groups(0.1), lambda groups: AdamW(groups, lr=cfg.lr))
+                run = LoopRun(cfg, model, optimizer, None, {}, step_model=step_model, ranks=strategy)
+                optimizer_step(run, random_tokens(config, cfg), 0)
+                plan = rank_plan(Shape.of(config), Layout(kind, ranks.size), Run(2, config.block_size, grad_accum, 4))
+                out[family, kind, grad_accum] = comm.counter.last_step, round(plan.sent)
+    return out
+
+
+@pytest.mark.parametrize("world_size,families,accums", [(2, list(FAMILIES), [1, 2]), (4, ["gpt2"], [2])])
+def test_plan_equals_data_parallel_runs(world_size, families, accums):
+    pytest.importorskip("mini_llm.parallel.ddp", reason="the data-parallel strategies are on branch dp")
+    for result in run_ranks(data_parallel_sent, world_size, families, accums):
+        for case, (measured, planned_bytes) in result.items():
+            assert measured == planned_bytes, case
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
