@@ -9,8 +9,9 @@ runs count and hold (tests/test_parallel_plan.py, at 1, 2 and 4 ranks):
 
   states      4 B parameters + 4 B gradients + 8 B AdamW (m, v) per parameter, and a float32
               step counter per tensor; zero1 shards AdamW's state, zero2 the gradients too,
-              fsdp everything (plus one gathered block at a time); tp shards the blocks'
+              fsdp everything (plus the gathered root and one block); tp shards the blocks'
               matrices; pp keeps a stage's layers (the last stage a copy of a tied embedding).
+              Measured for tp and pp here; for ddp/zero/fsdp it follows branch dp's table.
   activations what the backward needs, per layer and token (formula below), times the
               micro-batches a stage holds at once (GPipe: all M; 1F1B: p - stage).
   bytes       tp: 4 all-reduces of (b, T, C) per layer and micro-batch (forward in the compute
@@ -223,12 +224,8 @@ def rank_plan(shape, layout, run, stage=0):
     if not 0 <= stage < layout.p:
         raise ConfigError(f"stage {stage} of a pipeline of {layout.p}")
     n, tensors, in_blocks = stage_params(shape, layout, stage)
-    d, P = layout.d, n * FP32
-    # what data parallel shards d ways: (parameters, gradients, optimizer state)
-    sharded = {"ddp": (1, 1, 1), "zero1": (1, 1, d), "zero2": (1, d, d), "fsdp": (d, d, d)}[layout.dp]
-    params, grads, adam = P // sharded[0], P // sharded[1], 2 * P // sharded[2]
-    if layout.dp == "fsdp":  # one block gathered at a time, with its gradients in the backward
-        params += 2 * in_blocks * FP32 // (shape.n_layer // layout.p)
+    d, P, blocks = layout.d, n * FP32, in_blocks * FP32
+    params, grads, adam = data_parallel_states(layout.dp, P, blocks, shape.n_layer // layout.p, d)
     tokens = run.b * run.T
     acts = tokens * (shape.n_layer // layout.p) * layer_activation_bytes(shape, run, layout.t)
     if stage == layout.p - 1:
@@ -248,8 +245,23 @@ def rank_plan(shape, layout, run, stage=0):
             sent["pp tied embedding"] = all_reduce_bytes(shape.vocab * shape.n_embd * FP32, 2)
     if d > 1:
         sent[layout.dp] = data_parallel_bytes(layout.dp, P, in_blocks * FP32, d, run.accum)
-    steps = FP32 * tensors // sharded[2]  # AdamW's step counter, one float32 per tensor
+    steps = FP32 * tensors // (1 if layout.dp == "ddp" else d)  # AdamW's step counters
     return RankPlan(params, grads, adam + steps, acts, sent)
+
+
+def data_parallel_states(kind, P, blocks, n_blocks, d):
+    """(parameter, gradient, AdamW m and v) bytes a rank holds under `kind`, P the bytes of the
+    parameters it would hold alone, `blocks` of them in its n_blocks blocks: the table of
+    memory/parallel.py (branch dp), without its padding to d equal shards. ZeRO keeps the full
+    parameters and its own shard beside them (zero1 also the full gradients and their shard);
+    fsdp its shard, plus the gathered root (embeddings, head) and the block being run."""
+    if kind == "ddp":
+        return P, P, 2 * P
+    if kind == "zero1":
+        return P + P // d, P + P // d, 2 * P // d
+    if kind == "zero2":
+        return P + P // d, P // d, 2 * P // d
+    return P // d + (P - blocks) + blocks // n_blocks, P // d, 2 * P // d
 
 
 def data_parallel_bytes(kind, grads, block_params, d, accum):
