@@ -120,7 +120,7 @@ class Pipeline(Strategy):
         """Run this stage's part of every micro-batch of step `it`, in the schedule's order."""
         M = run.cfg.grad_accum
         self.inputs, self.outputs, self.sends = {}, {}, []
-        self.loss, self.values = torch.zeros(()), {}
+        self.loss, self.values = torch.zeros((), device=self.world.device), {}
         batches = [task.batch(it, m) for m in range(M)]
         for kind, m in self.schedule(M, self.stages, self.stage):
             if kind == "forward":
@@ -140,7 +140,8 @@ class Pipeline(Strategy):
             if self.first:
                 h, rope = self.model.embed(x)
             else:
-                h = comm.recv(torch.empty(shape, dtype=self.dtype), self.stage - 1).requires_grad_()
+                h = torch.empty(shape, dtype=self.dtype, device=x.device)
+                h = comm.recv(h, self.stage - 1).requires_grad_()
                 rope = self.model.rope(x.size(1), 0, x.device)
             self.inputs[m] = h
             if self.last:
@@ -181,7 +182,7 @@ class Pipeline(Strategy):
         """The one-process norm, bitwise: every tensor's squared sum, summed in the order one
         process sums them (a stage adds zeros for the tensors it does not hold)."""
         own = self.owned(model)
-        squares = torch.zeros(len(self.names))
+        squares = torch.zeros(len(self.names), device=self.world.device)
         for i, name in enumerate(self.names):
             if name in own and own[name].grad is not None:
                 squares[i] = (own[name].grad.float() ** 2).sum()
@@ -191,7 +192,7 @@ class Pipeline(Strategy):
 
     def mean(self, value):
         """A logged value: the last stage's (it alone computes the loss)."""
-        value = torch.as_tensor(value, dtype=torch.float32).clone()
+        value = torch.as_tensor(value, dtype=torch.float32).to(self.world.device, copy=True)
         dist.broadcast(value, src=self.stages - 1)  # logging: not counted
         return value
 
@@ -206,17 +207,18 @@ class Pipeline(Strategy):
         if self.first:
             h, rope = model.embed(idx)
         else:
-            h = comm.recv(torch.empty(B, T, model.config.n_embd, dtype=self.dtype), self.stage - 1)
+            h = comm.recv(idx.new_empty((B, T, model.config.n_embd), dtype=self.dtype), self.stage - 1)
             rope = model.rope(T, 0, idx.device)
         h = model.blocks(h, rope)
         if not self.last:
             comm.isend(h, self.stage + 1).wait()
-            logits, loss = torch.empty(B, T, model.config.vocab_size), torch.empty(())
+            logits = idx.new_empty((B, T, model.config.vocab_size), dtype=torch.float32)
+            loss = idx.new_empty((), dtype=torch.float32)
         else:
             logits, loss = model.head(h, targets)
-            logits, loss = logits.float(), torch.zeros(()) if loss is None else loss
-        dist.broadcast(logits.contiguous(), src=self.stages - 1)
-        loss = loss.float().contiguous()
+            logits = logits.float().contiguous()
+            loss = idx.new_zeros((), dtype=torch.float32) if loss is None else loss.float()
+        dist.broadcast(logits, src=self.stages - 1)
         dist.broadcast(loss, src=self.stages - 1)
         return logits, (loss if targets is not None else None)
 

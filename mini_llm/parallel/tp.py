@@ -184,7 +184,8 @@ class TensorParallel(Strategy):
         summed over the ranks."""
         sharded = {id(p) for p in sharded_params(model)}
         params = [p for p in model.parameters() if p.grad is not None]
-        split = sum(((p.grad.float() ** 2).sum() for p in params if id(p) in sharded), torch.zeros(()))
+        zero = torch.zeros((), device=self.world.device)
+        split = sum(((p.grad.float() ** 2).sum() for p in params if id(p) in sharded), zero)
         dist.all_reduce(split, group=self.group)  # one float: left out of the byte counts
         whole = sum((p.grad.float() ** 2).sum() for p in params if id(p) not in sharded)
         return clip_grad_norm(params, max_norm, torch.sqrt(whole + split))
