@@ -155,7 +155,7 @@ def unshard(tensor, layer, dim, group):
     full_shape = list(tensor.shape)
     full_shape[dim] *= ranks
     full = tensor.new_empty(full_shape)
-    full.index_copy_(dim, torch.cat(indices), torch.cat(shards, dim=dim))
+    full.index_copy_(dim, torch.cat(indices).to(full.device), torch.cat(shards, dim=dim))
     return full
 
 
