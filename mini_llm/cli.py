@@ -15,6 +15,7 @@
     mini-llm scaling sweep --out DIR --budgets C [C ...] [--grid-params N ... --grid-tokens D ...]
     mini-llm scaling fit RUNS.csv --out DIR [--params-column params|params_with_embeddings]
     mini-llm scaling check FIT.json --budget C --out DIR
+    mini-llm parallel plan [--model llama3-8b|llama3-70b|PRESET] [--gpus N] [--gpu h100] [--bandwidth GB/s] ...
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
 printed as one line and exit with status 2.
@@ -52,6 +53,7 @@ from .memory.parallel import format_parallel_memory
 from .model import CHOICES, GPTConfig
 from .parallel import STRATEGY_NAMES
 from .parallel.launch import relaunch, strip_launcher_flags
+from .parallel.plan import GPUS, MODELS, Network, Shape, format_plan, plan
 from .plot import plot_runs
 from .presets import PRESETS, default_preset, get_preset
 from .profile import profile, synthetic_training_of
@@ -215,6 +217,26 @@ def cmd_memory(args):
     prediction = predict_training_memory(config, batch_size, device=kind, **settings)
     measured = measure_training_memory(config, batch_size, device, **settings) if args.measure else None
     print(format_prediction(prediction, measured))
+
+
+def cmd_parallel_plan(args):
+    if args.model in MODELS:
+        shape, seq_len = MODELS[args.model], args.seq_len or 8192
+    else:
+        config = GPTConfig(vocab_size=args.vocab_size, **get_preset(args.model)["model"])
+        shape, seq_len = Shape.of(config), args.seq_len or config.block_size
+    for name in ("gpus", "global_batch", "micro_batch", "gpus_per_node"):
+        if getattr(args, name) < 1:
+            raise MiniLLMError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    gpu, net = GPUS[args.gpu], Network(args.bandwidth * 1e9, args.latency * 1e-6, args.gpus_per_node)
+    rows = plan(shape, args.gpus, gpu, net, args.global_batch, args.micro_batch, seq_len,
+                checkpointing=args.activation_checkpointing, act_bytes=2 if args.dtype == "bfloat16" else 4)
+    if not rows:
+        raise MiniLLMError(f"no layout of {args.gpus} GPUs divides a global batch of {args.global_batch} "
+                           f"into micro-batches of {args.micro_batch}")
+    print(format_plan(rows, f"{args.model} ({shape.params() / 1e9:.2f}B parameters) on {args.gpus} x "
+                      f"{gpu.name}, {args.bandwidth:g} GB/s and {args.latency:g} us between nodes; global "
+                      f"batch {args.global_batch} x {seq_len} tokens, micro-batch {args.micro_batch}", args.top))
 
 
 def cmd_scratch_train(args):
@@ -482,6 +504,28 @@ def add_systems_commands(sub):
                    "strategy (--batch-size: the global batch); measured: bench/parallel_memory.py")
     p.add_argument("--ranks", type=int, default=2, help="with --parallel: the number of ranks")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("parallel", help="stage 4: plan how to split training over many GPUs")
+    parallel_sub = p.add_subparsers(dest="parallel_command", required=True)
+    p = parallel_sub.add_parser("plan", help="memory per GPU, bytes per step, step time and MFU of "
+                                "every data x tensor x pipeline layout (mini_llm/parallel/plan.py)")
+    p.add_argument("--model", default="llama3-8b", help="llama3-8b, llama3-70b or a preset "
+                   f"({', '.join(PRESETS)})")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu", default="h100", choices=("h100", "h200", "a100"))
+    p.add_argument("--bandwidth", type=float, default=50.0,
+                   help="GB/s per GPU between nodes (default 50: 400 Gb/s InfiniBand)")
+    p.add_argument("--latency", type=float, default=5.0, help="microseconds per hop between nodes")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs joined by NVLink")
+    p.add_argument("--global-batch", type=int, default=512, help="sequences per optimizer step")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU and micro-batch")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: 8192, or the preset's)")
+    p.add_argument("--vocab-size", type=int, default=65, help="for a preset (default: 65)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"),
+                   help="the compute dtype (parameters, gradients and AdamW stay float32)")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--top", type=int, default=20, help="rows to print, fastest first")
+    p.set_defaults(func=cmd_parallel_plan)
 
 
 def add_stage_commands(sub):

@@ -76,6 +76,12 @@ class SingleProcess:
         """The context each micro-batch's forward and backward run in."""
         return nullcontext()
 
+    def forward_backward(self, run, task, it):
+        """The forward and backward of every micro-batch of iteration `it`, one after the
+        other; returns their mean loss and metrics. A pipeline (parallel/pp.py) replaces it:
+        its stages pass the micro-batches along in the order of its schedule."""
+        return micro_batches(run, task, it)
+
     def clip_grad_norm(self, model, max_norm):
         return clip_grad_norm(model.parameters(), max_norm)
 
@@ -144,29 +150,37 @@ def fit(run, task):
 def optimizer_step(run, task, it):
     """One optimizer step at iteration `it`; returns (mean loss, mean metrics, learning rate),
     the losses as tensors so the step does not wait for the device."""
-    cfg, model = run.cfg, run.step_model or run.model
+    cfg = run.cfg
     lr = lr_at(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(seed_of(cfg.seed, "dropout", it))  # the same masks after a resume
-    step_loss, step_values = 0.0, {}
     with nvtx.range(f"step {it}"), run.ranks.step():
-        for micro in range(cfg.grad_accum):
-            batch = run.ranks.local_batch(task.batch(it, micro))
-            with run.ranks.micro_batch(last=micro == cfg.grad_accum - 1):
-                with nvtx.range("forward"), run.autocast:
-                    loss, values = task.loss(model, batch)
-                with nvtx.range("backward"):
-                    (loss / cfg.grad_accum).backward()
-            step_loss += loss.detach() / cfg.grad_accum
-            for name, value in values.items():
-                step_values[name] = step_values.get(name, 0.0) + value.detach() / cfg.grad_accum
+        step_loss, step_values = run.ranks.forward_backward(run, task, it)
         with nvtx.range("optimizer"):
             if cfg.grad_clip > 0:
                 run.ranks.clip_grad_norm(run.model, cfg.grad_clip)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
     return step_loss, step_values, lr
+
+
+def micro_batches(run, task, it):
+    """cfg.grad_accum forwards and backwards, the gradients summed in .grad; returns the mean
+    loss and metrics (tensors)."""
+    cfg, model = run.cfg, run.step_model or run.model
+    step_loss, step_values = 0.0, {}
+    for micro in range(cfg.grad_accum):
+        batch = run.ranks.local_batch(task.batch(it, micro))
+        with run.ranks.micro_batch(last=micro == cfg.grad_accum - 1):
+            with nvtx.range("forward"), run.autocast:
+                loss, values = task.loss(model, batch)
+            with nvtx.range("backward"):
+                (loss / cfg.grad_accum).backward()
+        step_loss += loss.detach() / cfg.grad_accum
+        for name, value in values.items():
+            step_values[name] = step_values.get(name, 0.0) + value.detach() / cfg.grad_accum
+    return step_loss, step_values
 
 
 @torch.no_grad()

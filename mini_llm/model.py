@@ -124,7 +124,8 @@ class KVCache:
         end = start + k.size(2)
         if end > self.max_len:
             raise ValueError(f"positions {start}..{end - 1} do not fit a cache of {self.max_len}")
-        if self.k is None:
+        if self.k is None:  # the heads as k has them: a tensor-parallel rank holds some
+            self.shape = self.shape[:2] + (k.size(1),) + self.shape[3:]
             self.k = torch.zeros(self.shape, device=self.device, dtype=k.dtype)
             self.v = torch.zeros_like(self.k)
         self.k[layer, :, :, start:end] = k
@@ -149,9 +150,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope=None, cache=None, start=0):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        # Widths from the weights, not the config: under tensor parallelism (parallel/tp.py)
+        # c_attn holds this rank's heads only and n_head counts them.
+        q, k, v = self.c_attn(x).chunk(3, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # (B, nh, T, hs), rotated by position
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -163,7 +166,7 @@ class CausalSelfAttention(nn.Module):
             y = ops.decode_attention(q, cache.k[self.layer], cache.v[self.layer], lengths, longest=start + T)
         else:
             y = ops.attention(q, k, v, causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -237,34 +240,50 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache=None, start=0):
         """idx: (B, T) token ids at positions start..start+T-1. Returns (logits (B, T, V),
         loss or None). With a KVCache, keys and values of earlier positions come from it."""
-        x = self.features(idx, cache, start)
-        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
-        logits = x @ head.t()  # (B, T, V)
-        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=-1)
-        return logits, loss
+        x, rope = self.embed(idx, start)
+        return self.head(self.blocks(x, rope, cache, start), targets)
 
     def features(self, idx, cache=None, start=0):
         """The last layer's normalized output (B, T, C), before the output projection: what
-        the language-model head reads, and what a reward model's scalar head reads."""
+        a reward model's scalar head reads."""
+        x, rope = self.embed(idx, start)
+        return self.ln_f(self.blocks(x, rope, cache, start))
+
+    # The three parts of the forward, apart so a pipeline stage (parallel/pp.py) runs its own.
+    def embed(self, idx, start=0):
+        """(B, T) token ids -> the residual stream (B, T, C) and the rotary tables (or None)."""
         B, T = idx.shape
         if start + T > self.config.block_size:
             raise ValueError(
                 f"positions {start}..{start + T - 1} exceed the context of {self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
-        rope = None
         if self.wpe is not None:
-            x = x + self.wpe(pos)
-        else:
-            rope = rope_tables(self.config.n_embd // self.config.n_head, pos, self.config.rope_base)
-        x = self.drop(x)
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        return self.drop(x), self.rope(T, start, idx.device)
+
+    def rope(self, T, start=0, device=None):
+        """The rotary tables of positions start..start+T-1; None with learned positions."""
+        if self.config.pos != "rope":
+            return None
+        pos = torch.arange(start, start + T, device=device)
+        return rope_tables(self.config.n_embd // self.config.n_head, pos, self.config.rope_base)
+
+    def blocks(self, x, rope, cache=None, start=0):
         for block in self.h:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, rope, cache, start, use_reentrant=False)
             else:
                 x = block(x, rope, cache, start)
-        return self.ln_f(x)
+        return x
+
+    def head(self, x, targets=None):
+        """The final norm, the logits and, given targets, the loss."""
+        x = self.ln_f(x)
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = x @ head.t()  # (B, T, V)
+        loss = None if targets is None else ops.cross_entropy(logits, targets, ignore_index=-1)
+        return logits, loss
 
     def new_cache(self, batch_size, max_len=None):
         max_len = self.config.block_size if max_len is None else max_len

@@ -52,14 +52,16 @@ def lr_at(it, lr, min_lr, warmup_iters, decay_iters):
 
 
 @torch.no_grad()
-def clip_grad_norm(params, max_norm):
+def clip_grad_norm(params, max_norm, total=None):
     """Scale all gradients together so their joint L2 norm is at most max_norm.
 
     Returns the norm before clipping. Clipping each tensor separately would change the
-    direction of the update; one global factor only shortens it.
+    direction of the update; one global factor only shortens it. `total`: the norm, when it
+    was taken elsewhere (over the shards of several ranks).
     """
     grads = [p.grad for p in params if p.grad is not None]
-    total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
+    if total is None:
+        total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(scale.to(g.dtype))

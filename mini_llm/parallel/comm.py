@@ -7,8 +7,10 @@ on N ranks every rank sends:
   reduce-scatter     (N-1)/N n   n: the full input; each rank ends with its n/N reduced
   all-gather         (N-1)/N n   n: the full output; each rank starts with its n/N
   broadcast                  n   from the root (counted for the root only)
+  send                       n   point to point (pipeline stages); a receive sends nothing
 
-The counts are of these formulas applied to the tensors actually sent: the tests check that
+The formulas are in costs.py, shared with the planner (plan.py). The counts are of these
+formulas applied to the tensors actually sent: the tests check that
 what a strategy sends per step adds up to its formula in parameters (every gradient reduced
 exactly once, every shard gathered once).
 """
@@ -16,6 +18,8 @@ exactly once, every shard gathered once).
 from collections import defaultdict
 
 import torch.distributed as dist
+
+from .costs import all_gather_bytes, all_reduce_bytes, reduce_scatter_bytes
 
 
 class Counter:
@@ -45,9 +49,8 @@ _all_gather_single = getattr(dist, "all_gather_single", dist.all_gather_into_ten
 _reduce_scatter_single = getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)
 
 
-def _ring(tensor_bytes, times):
-    n = dist.get_world_size()
-    return times * (n - 1) / n * tensor_bytes
+def _ranks(group):
+    return dist.get_world_size(group)  # a group's ranks: a tensor-parallel group is a subset
 
 
 def nbytes(t):
@@ -56,22 +59,36 @@ def nbytes(t):
 
 def all_reduce(tensor, async_op=False, group=None):
     """Sum over ranks, in place."""
-    counter.add("all_reduce", nbytes(tensor), _ring(nbytes(tensor), 2))
+    counter.add("all_reduce", nbytes(tensor), all_reduce_bytes(nbytes(tensor), _ranks(group)))
     return dist.all_reduce(tensor, async_op=async_op, group=group)
 
 
 def reduce_scatter(output, input, async_op=False, group=None):
     """output (n/N) <- this rank's part of the sum over ranks of input (n)."""
-    counter.add("reduce_scatter", nbytes(input), _ring(nbytes(input), 1))
+    counter.add("reduce_scatter", nbytes(input), reduce_scatter_bytes(nbytes(input), _ranks(group)))
     return _reduce_scatter_single(output, input, async_op=async_op, group=group)
 
 
 def all_gather(output, input, async_op=False, group=None):
     """output (n) <- the ranks' inputs (n/N each), in rank order."""
-    counter.add("all_gather", nbytes(output), _ring(nbytes(output), 1))
+    counter.add("all_gather", nbytes(output), all_gather_bytes(nbytes(output), _ranks(group)))
     return _all_gather_single(output, input, async_op=async_op, group=group)
 
 
 def broadcast(tensor, src=0, group=None):
     counter.add("broadcast", nbytes(tensor), nbytes(tensor) if dist.get_rank() == src else 0)
     return dist.broadcast(tensor, src=src, group=group)
+
+
+def isend(tensor, dst, group=None):
+    """Start sending tensor to rank dst; returns the work to wait on. Sends are asynchronous so
+    that two stages that send to each other at once (1F1B) do not both block."""
+    counter.add("send", nbytes(tensor), nbytes(tensor))
+    return dist.isend(tensor, dst, group=group)
+
+
+def recv(tensor, src, group=None):
+    """Receive into tensor from rank src (blocks until it has arrived)."""
+    counter.add("recv", nbytes(tensor), 0)
+    dist.recv(tensor, src, group=group)
+    return tensor
