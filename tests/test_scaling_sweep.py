@@ -27,7 +27,7 @@ def test_each_isoflop_run_spends_its_budget(tmp_path):
     planned = plan_isoflop([1e11, 1e12], s, 65)
     for budget in (1e11, 1e12):
         runs = [p for p in planned if p.budget == budget]
-        assert len(runs) == 5  # sizes from D/N = 1 to 256, each its own shape
+        assert len(runs) == 5  # sizes from D/N = 4 to 1024, each its own shape
         for p in runs:  # whole iterations: within half an iteration of the budget
             per_iter = flops_of(p, s) / p.iters
             assert abs(flops_of(p, s) - budget) <= per_iter / 2 + 1

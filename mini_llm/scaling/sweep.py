@@ -5,8 +5,10 @@ Two designs:
   isoflop  for each compute budget C, models of several sizes N, each trained on the tokens
            D = C / F(N) that the budget buys, F(N) being the training FLOPs per token of that
            model, attention term included (costs.py: 6 N_mm + 12 L T C), so that every run of a
-           budget really spends C. The sizes are spread by tokens per parameter, D/N from 1 to
-           256, so that the budget's best size lies inside them.
+           budget really spends C. The sizes are spread by tokens per parameter, D/N from 4 to
+           1024, so that the budget's best size lies inside them (a first sweep with D/N 1 to 256
+           found the smallest model best at every budget: tiny character models want many
+           tokens per parameter).
   grid     every size against every token count (Kaplan et al.'s N x D grid).
 
 One rule gives a model its shape from N (shape_for): about 12 L C^2 non-embedding parameters
@@ -39,7 +41,7 @@ from .costs import model_costs
 from .parametric import ScalingLaw
 
 HEAD_SIZE, ASPECT = 8, 32  # the shape rule: C = n_head * 8, C / n_layer near 32
-TOKENS_PER_PARAM = (1, 4, 16, 64, 256)  # isoflop: D / N of the sizes tried at each budget
+TOKENS_PER_PARAM = (4, 16, 64, 256, 1024)  # isoflop: D / N of the sizes tried at each budget
 MIN_ITERS = 10  # fewer optimizer steps than this is no training run
 COLUMNS = ("name", "design", "budget", "params", "params_with_embeddings", "tokens", "flops", "loss",
            "epochs", "seconds", "n_layer", "n_head", "n_embd", "iters", "batch_size", "block_size",
