@@ -130,7 +130,8 @@ def train(model_overrides, cfg, resume=None):
         **({"ranks": strategy.world.size} if strategy else {}),
     })
     finish(run, summary)
-    sample = sample_text(run.model, dataset.tokenizer, cfg, device) if cfg.sample_tokens else None
+    pipeline = (cfg.parallel or "").startswith("pp")  # each stage holds only its own layers
+    sample = sample_text(run.model, dataset.tokenizer, cfg, device) if cfg.sample_tokens and not pipeline else None
     if strategy:  # every rank ran the sample: fsdp's forward needs them all
         groups.destroy()
     if not run.ranks.is_main:
@@ -140,6 +141,9 @@ def train(model_overrides, cfg, resume=None):
           f"wrote {cfg.out}/")
     if sample is not None:
         print("sample:\n" + sample)
+    elif cfg.sample_tokens:
+        print(f"no sample: a pipeline stage holds only its layers; `mini-llm sample {cfg.out}` reads "
+              "the whole model from the checkpoint")
     return summary
 
 
