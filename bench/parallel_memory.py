@@ -19,9 +19,9 @@ import torch
 from mini_llm.memory import MIB, cpu_peak_bytes
 from mini_llm.memory.parallel import predict_parallel_memory
 from mini_llm.model import GPT, GPTConfig
-from mini_llm.optim import AdamW
-from mini_llm.parallel import STRATEGY_NAMES, groups, make_strategy
+from mini_llm.parallel import STRATEGY_NAMES, groups
 from mini_llm.parallel.launch import spawn
+from parallel_step_time import wrapped
 from train_vs_nanogpt import machine
 
 CONFIG = dict(vocab_size=65, block_size=32, n_layer=4, n_head=4, n_embd=256, dropout=0.0)
@@ -30,12 +30,7 @@ GLOBAL_BATCH = 8
 
 def two_steps(world, name, config):
     """What is measured: build, wrap, two optimizer steps as the loop runs them."""
-    torch.manual_seed(0)
-    model = GPT(config)
-    strategy = make_strategy(name, world, GLOBAL_BATCH)
-    step_model = strategy.wrap(model)
-    optimizer = strategy.optimizer(model.param_groups(0.1),
-                                   lambda groups: AdamW(groups, lr=1e-3, betas=(0.9, 0.99)))
+    model, strategy, step_model, optimizer = wrapped(world, name, config, GLOBAL_BATCH)
     for _ in range(2):
         xy = [torch.randint(0, config.vocab_size, (GLOBAL_BATCH, config.block_size)) for _ in "xy"]
         x, y = strategy.local_batch(xy)

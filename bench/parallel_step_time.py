@@ -31,13 +31,19 @@ PRESET = get_preset("shakespeare-char-cpu")
 PAIRS = [("ddp", "ddp-torch"), ("fsdp", "fsdp-torch")]
 
 
-def time_steps(world, name, config, batch, steps):
+def wrapped(world, name, config, batch):
+    """(model, strategy, the model as the strategy wraps it, its optimizer), seeded."""
     torch.manual_seed(0)
     model = GPT(config)
     strategy = make_strategy(name, world, batch)
     step_model = strategy.wrap(model)
     optimizer = strategy.optimizer(model.param_groups(0.1),
                                    lambda groups: AdamW(groups, lr=1e-3, betas=(0.9, 0.99)))
+    return model, strategy, step_model, optimizer
+
+
+def time_steps(world, name, config, batch, steps):
+    model, strategy, step_model, optimizer = wrapped(world, name, config, batch)
     times = []
     for step in range(3 + steps):
         xy = [torch.randint(0, config.vocab_size, (batch, config.block_size),
