@@ -25,7 +25,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mini_llm.data import TINY_SHAKESPEARE, fetch
+from mini_llm.data import TINY_SHAKESPEARE
+from mini_llm.files import fetch
 from mini_llm.ops.cuda import build_flags, jit
 
 ROOT = Path(__file__).resolve().parents[1]

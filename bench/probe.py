@@ -76,7 +76,7 @@ def warm_one(unit):
                 if pass_ == "fwd+bwd":
                     out.backward(torch.ones_like(out))
         else:
-            from mini_llm.quant import quantize
+            from mini_llm.ops.quant_format import quantize
 
             _, K, bits, group, M = unit
             qweight, scales = (t.cuda() for t in quantize(torch.randn(K, K) * 0.02, bits, group))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from mini_llm.checkpoint import load_checkpoint
-from mini_llm.data import CharTokenizer
+from mini_llm.tokenizer import CharTokenizer
 from mini_llm.loop import fit
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.optim import AdamW

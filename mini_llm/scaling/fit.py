@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..errors import ConfigError, DataError, FitError
 from .isoflop import fit_isoflop
 from .parametric import HUBER_DELTA, fit_parametric
