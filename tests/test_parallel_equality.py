@@ -16,7 +16,10 @@ from mini_llm.parallel import STRATEGY_NAMES
 from mini_llm.parallel.launch import spawn
 from parallel_harness import run_all, tiny_config, train_frozen, train_tiny
 
-CASES_2 = [(name, family, accum, ()) for name in STRATEGY_NAMES
+# The data-parallel strategies; tensor and pipeline parallel have their own files
+# (test_parallel_tp.py, test_parallel_pp.py).
+DATA_PARALLEL = [name for name in STRATEGY_NAMES if name not in ("tp", "pp", "pp-gpipe")]
+CASES_2 = [(name, family, accum, ()) for name in DATA_PARALLEL
            for family in ("gpt2", "llama") for accum in (1, 4)]
 CASES_2 += [("ddp", family, 4, (("bucket_bytes", 0),)) for family in ("gpt2", "llama")]
 # Stopped after one step and resumed from the checkpoint (sharded optimizer state saved whole,
