@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mini_llm import nvtx, ops
 from mini_llm.errors import ConfigError
+from mini_llm.files import atomic_write_bytes, check_output_file, check_output_folder
 from mini_llm.presets import default_preset, get_preset
 
 from . import report
@@ -59,6 +60,11 @@ def _versions():
 
 
 def main(args):
+    # The outputs are checked first: a suite run takes minutes, and its rows must not be lost
+    # at the end to a path that was never writable.
+    out = check_output_folder(args.out)
+    if args.json:
+        check_output_file(args.json, force=True)  # results are regenerated: only refuse what breaks
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     op_names = parse_list(args.ops, list(SPECS), "op")
     backends = parse_list(args.backends, list(ops.BACKENDS), "backend")
@@ -82,12 +88,11 @@ def main(args):
     meta = {"device": limits["device"], **_versions(), "date": datetime.date.today().isoformat(),
             "command": "mini-llm " + " ".join(args.argv), "ceilings": limits,
             "shapes": args.shapes}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(report.to_json(rows, e2e, meta))
-    if args.json:
-        Path(args.json).write_text(report.to_json(rows, e2e, meta))
-    (out / "results.md").write_text(report.markdown(rows, e2e, meta))
+    results = report.to_json(rows, e2e, meta).encode()
+    for path in [out / "results.json", *([args.json] if args.json else [])]:
+        atomic_write_bytes(path, results)
+    atomic_write_bytes(out / "results.md", report.markdown(rows, e2e, meta).encode())
     report.roofline(rows, meta, out / "roofline.png")
     report.print_tables(rows, e2e, meta)
     failed = [r for r in rows if r.status in ("FAILED", "error")]

@@ -31,11 +31,11 @@ from . import nvtx, ops
 from .bench.ceilings import ceilings
 from .bench.suite import add_arguments as add_bench_arguments, main as bench_main
 from .bench.timing import median_ms
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_checkpoint, load_model, resolve_path
 from .data import TINY_SHAKESPEARE
 from .errors import MiniLLMError
-from .files import fetch
-from .generate import generate
+from .files import check_output_file, check_output_folder, fetch
+from .generate import default_prompt, generate
 from .memory import format_prediction, measure_training_memory, predict_training_memory
 from .loop import seeded
 from .model import CHOICES, GPTConfig
@@ -48,6 +48,7 @@ from .scaling.fit import fit_table, format_summary
 from .scaling.sweep import Settings, check_prediction, plan_grid, plan_isoflop, run_sweep
 from .scratch.train import ScratchTrainConfig, train_char_mlp
 from .tokenizer import train_bpe_file
+from .tokenizer.gpt2_format import ENCODER_FILE, MERGES_FILE
 from .train import TrainConfig, resolve_device, train
 
 HELP = {
@@ -135,7 +136,8 @@ def cmd_sample(args):
     model, ckpt = load_for_inference(args.run, device, args.quant, args.group_size)
     model = model.to(getattr(torch, dtype))  # weights in bf16 on a GPU: half the bytes per token
     tokenizer = ckpt.tokenizer
-    prompt = tokenizer.encode(args.prompt)  # raises on characters the model never saw
+    # raises on characters the model never saw
+    prompt = default_prompt(tokenizer) if args.prompt is None else tokenizer.encode(args.prompt)
     if len(prompt) > model.config.block_size:
         print(f"note: the prompt is longer than the context ({model.config.block_size}); "
               "only its end is seen", file=sys.stderr)
@@ -162,6 +164,7 @@ def cmd_sample(args):
 
 def cmd_quantize(args):
     check_quant_flags(args.quant, args.group_size)
+    check_output_file(args.out, args.force, inputs=[resolve_path(args.run)])
     model, ckpt = load_model(args.run, "cpu")
     summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
     save_quantized(args.out, model, ckpt.meta)
@@ -199,6 +202,9 @@ def cmd_scratch_train(args):
 
 
 def cmd_tokenizer_train(args):
+    out = check_output_folder(args.out)
+    if not args.force and any((out / name).exists() for name in (ENCODER_FILE, MERGES_FILE)):
+        raise MiniLLMError(f"{out} holds a tokenizer; pass --force to replace it, or another --out")
     path = fetch(TINY_SHAKESPEARE, args.data)
     t0 = time.perf_counter()
     tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
@@ -210,6 +216,7 @@ def cmd_tokenizer_train(args):
 
 
 def cmd_plot(args):
+    check_output_file(args.output, args.force)
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
 
@@ -295,7 +302,7 @@ def build_parser():
 
     p = sub.add_parser("sample", help="generate text from a trained model")
     p.add_argument("run", help="a run folder or its ckpt.safetensors")
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", help="default: a newline (the first token where the vocabulary has none)")
     p.add_argument("--num-tokens", "-n", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -313,6 +320,7 @@ def build_parser():
     p.add_argument("run", help="a run folder or its ckpt.safetensors")
     add_quant_flags(p, required=True)
     p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("bench", help="validate and time every op and backend, then end to end")
@@ -359,11 +367,13 @@ def build_parser():
     p.add_argument("--backend", default="auto", choices=("auto", "python", "cpp"),
                    help="the hot loops in C++ (auto: where built) or in pure Python")
     p.add_argument("--out", default="out/tokenizer", help="folder for encoder.json and vocab.bpe")
+    p.add_argument("--force", action="store_true", help="replace a tokenizer already in --out")
     p.set_defaults(func=cmd_tokenizer_train)
 
     p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
-    p.add_argument("-o", "--output", default="loss.png")
+    p.add_argument("-o", "--output", default="loss.png", help="the PNG to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("costs", help="a model's parameters by part, FLOPs per token, memory per "

@@ -18,6 +18,11 @@ class CheckpointError(MiniLLMError):
     pass
 
 
+class OutputError(MiniLLMError):
+    """An output that cannot or must not be written: it exists, it is a device or a folder,
+    its folder is missing, or the OS refused (permission, full disk, read-only)."""
+
+
 class KernelSelectionError(MiniLLMError):
     pass
 

@@ -24,8 +24,8 @@ from . import __version__, nvtx, ops
 from .checkpoint import FILE_NAME, load_checkpoint
 from .data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError, DataError
-from .files import fetch
-from .generate import generate
+from .files import check_output_folder, fetch, lock_folder
+from .generate import default_prompt, generate
 from .loop import Run, Task, finish, fit, seeded
 from .model import GPT, GPTConfig
 from .optim import AdamW
@@ -89,6 +89,7 @@ def train(model_overrides, cfg, resume=None):
     dict changes (where to stop, how to run: RESUME_MAY_CHANGE).
     """
     # Every check runs before the run folder is touched, so a bad command overwrites nothing.
+    check_output_folder(cfg.out)
     ckpt, cfg = checkpoint_to_resume(model_overrides, cfg, resume)
     kernels = ops.set_kernels(cfg.kernels)
     config = GPTConfig(**model_overrides)  # checked before any data is read; vocab_size below
@@ -106,7 +107,8 @@ def train(model_overrides, cfg, resume=None):
           f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
     print(f"device: {device} ({dtype}), kernels: {ops.describe(kernels)}, "
           f"{task.tokens_per_iter} tokens/iteration, iterations {run.start}..{cfg.max_iters}")
-    summary = fit(run, task)
+    with lock_folder(cfg.out):  # a second run into the same folder is refused, not mixed in
+        summary = fit(run, task)
     summary.update({
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else
         f"cpu ({torch.get_num_threads()} threads)", "dtype": dtype, "kernels": kernels,
@@ -241,11 +243,7 @@ def language_modelling(dataset, cfg, block_size, device):
 
 def sample_text(model, tokenizer, cfg, device):
     """A sample from the trained model, started from a newline (or the first token)."""
-    try:
-        start_ids = tokenizer.encode("\n")
-    except DataError:  # a text without newlines: start from its first token
-        start_ids = [0]
-    prompt = torch.tensor([start_ids], device=device)
+    prompt = torch.tensor([default_prompt(tokenizer)], device=device)
     ids = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, top_k=200,
                    generator=seeded(cfg.seed, "sample") if device == "cpu" else None)
     return tokenizer.decode(ids[0].tolist())
