@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mini_llm import files
@@ -90,3 +91,67 @@ def test_a_bad_output_is_one_line_and_overwrites_nothing(argv, message, trained,
     one_line_error(capsys, message)
     assert snapshot(tmp_path) == before
     assert not DEV_FULL.exists() or DEV_FULL.is_char_device()
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last_checkpoint(
+        trained, monkeypatch, capsys):
+    real_write_all = files.write_all
+
+    def no_space_for_checkpoints(f, data):
+        if FILE_NAME in f.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(f, data)
+
+    monkeypatch.setattr(files, "write_all", no_space_for_checkpoints)
+    before = (trained / FILE_NAME).read_bytes()
+    assert main(["train", "--out", str(trained), "--resume", "--max-iters", "4"]) == 2
+    one_line_error(capsys, f"cannot write {trained / FILE_NAME}: No space left on device")
+    assert (trained / FILE_NAME).read_bytes() == before
+    assert not list(trained.glob(".*.tmp*"))
+
+
+def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(trained):
+    dead = trained / f".{FILE_NAME}.tmp999999999"  # above any pid_max: no such process
+    alive = trained / f".{FILE_NAME}.tmp{os.getppid()}"  # another writer, still at work
+    dead.write_bytes(b"half a checkpoint")
+    alive.write_bytes(b"half a checkpoint")
+    assert main(["train", "--out", str(trained), "--resume", "--max-iters", "3", "--sample-tokens", "0"]) == 0
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_second_writer_of_a_run_folder_is_refused(trained, capsys):
+    before = snapshot(trained)
+    with files.lock_folder(trained):  # another run, writing there now
+        assert main(["train", "--out", str(trained), "--resume", "--max-iters", "4"]) == 2
+        one_line_error(capsys, f"{trained} is in use by another run (pid {os.getpid()})")
+    assert snapshot(trained) == before
+    assert main(["train", "--out", str(trained), "--resume", "--max-iters", "3", "--sample-tokens", "0"]) == 0
+
+
+def test_damaged_tensor_bytes_under_a_valid_header_are_refused(trained):
+    path = trained / FILE_NAME
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the last tensor; the header stays valid
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged: its tensors do not match the checksum"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_checksum_still_loads(trained):
+    path = trained / FILE_NAME
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(path)
+    del metadata["sha256"]  # as written before checkpoints carried one
+    save_file(tensors, path, metadata)
+    assert load_checkpoint(path).meta["iter"] == 2
+
+
+def test_sample_without_a_prompt_starts_from_the_first_token_where_there_is_no_newline(tmp_path, capsys):
+    text = tmp_path / "one_line.txt"
+    text.write_text("to be or not to be, that is the question. " * 40)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(text), "--out", str(run),
+                 "--max-iters", "1", "--sample-tokens", "0"]) == 0
+    assert main(["sample", str(run), "--num-tokens", "5"]) == 0
+    assert "tokens/s" in capsys.readouterr().err
