@@ -7,14 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mini_llm import files
 from mini_llm.checkpoint import FILE_NAME, load_checkpoint
 from mini_llm.cli import main
-from mini_llm.errors import CheckpointError, OutputError
+from mini_llm.errors import CheckpointError
 
 from conftest import CORPUS
 
@@ -155,3 +154,27 @@ def test_sample_without_a_prompt_starts_from_the_first_token_where_there_is_no_n
                  "--max-iters", "1", "--sample-tokens", "0"]) == 0
     assert main(["sample", str(run), "--num-tokens", "5"]) == 0
     assert "tokens/s" in capsys.readouterr().err
+
+
+def test_a_bench_script_given_no_run_is_one_line(tmp_path, capsys, monkeypatch):
+    from mini_llm.bench import quant_quality, script
+
+    monkeypatch.chdir(tmp_path)
+    assert script.run(quant_quality.main, ["--run", "out/shakespeare-char"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error: no checkpoint at out/shakespeare-char" in err, err
+
+
+def test_a_bench_script_writes_under_out_not_into_the_committed_results(corpus, tmp_path, monkeypatch):
+    from mini_llm.bench import quant_quality, script
+
+    run = tmp_path / "run"  # 128 wide: every int4 group size of the script divides it
+    assert main(["train", "--preset", "tiny", "--n-embd", "128", "--data", str(corpus), "--out", str(run),
+                 "--max-iters", "1", "--sample-tokens", "0"]) == 0
+    committed = Path(quant_quality.__file__).parent / "results"
+    before = snapshot(committed)
+    monkeypatch.chdir(tmp_path)
+    assert script.run(quant_quality.main, ["--run", str(run)]) == 0
+    assert sorted(p.name for p in (tmp_path / script.DEFAULT_OUT).iterdir()) == [
+        "quant_quality_2L_128C.json", "quant_quality_2L_128C.md"]
+    assert snapshot(committed) == before
