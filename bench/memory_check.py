@@ -21,10 +21,10 @@ import json
 import subprocess
 import sys
 
+from mini_llm.bench import script
 from mini_llm.memory import MIB, measure_training_memory, predict_training_memory
 from mini_llm.model import GPTConfig
 from mini_llm.presets import get_preset
-import script  # beside this file: it runs as python bench/memory_check.py
 from train_vs_nanogpt import machine
 
 PRESET = "shakespeare-char"
