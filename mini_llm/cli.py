@@ -209,6 +209,9 @@ def cmd_tokenizer_train(args):
     t0 = time.perf_counter()
     tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
     seconds = time.perf_counter() - t0
+    if tok.vocab_size < args.vocab_size:
+        print(f"warning: the text allows only {tok.vocab_size} tokens, not the {args.vocab_size} "
+              "asked for: every piece of it became a single token first", file=sys.stderr)
     tok.save(args.out)
     print(f"{tok.vocab_size} tokens (256 bytes, {len(tok.merges)} merges, {len(tok.special_tokens)} "
           f"special) learned from {path} in {seconds:.2f} s ({tok.backend.name} backend); "

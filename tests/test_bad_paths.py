@@ -178,3 +178,20 @@ def test_a_bench_script_writes_under_out_not_into_the_committed_results(corpus, 
     assert sorted(p.name for p in (tmp_path / script.DEFAULT_OUT).iterdir()) == [
         "quant_quality_2L_128C.json", "quant_quality_2L_128C.md"]
     assert snapshot(committed) == before
+
+
+def test_a_tokenizer_from_an_empty_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "tok")]) == 2
+    one_line_error(capsys, "empty.txt is empty: there is no text to learn merges from")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_a_tokenizer_asked_for_more_tokens_than_the_text_allows_says_how_many_it_got(tmp_path, capsys):
+    (tmp_path / "short.txt").write_text("to be or not to be")
+    assert main(["tokenizer", "train", "--data", str(tmp_path / "short.txt"), "--vocab-size", "100000",
+                 "--out", str(tmp_path / "tok")]) == 0
+    captured = capsys.readouterr()
+    got = int(captured.out.split()[0])  # "N tokens (256 bytes, ...) learned from ..."
+    assert got < 100000
+    assert f"warning: the text allows only {got} tokens, not the 100000 asked for" in captured.err
