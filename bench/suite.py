@@ -9,6 +9,7 @@ Writes results.json, results.md and roofline.png into --out (default out/bench).
 
 import datetime
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from mini_llm.files import atomic_write_bytes, check_output_file, check_output_f
 from mini_llm.presets import default_preset, get_preset
 
 from . import report
-from .ceilings import ceilings
+from .ceilings import ceilings, describe, over_ceiling
 from .e2e import run_e2e
 from .run import DTYPES, PASSES, count_steps, parse_list, run_ops
 from .specs import SHAPE_SETS, SPECS
@@ -84,10 +85,11 @@ def main(args):
               desc="ops", disable=None) as bar:
         rows = run_ops(op_names, backends, dtypes, args.shapes, passes, device, limits, bar.update)
     e2e = [] if args.no_e2e else run_e2e(preset, args.kernels, device, limits)
+    over = over_ceiling(rows, e2e)
 
     meta = {"device": limits["device"], **_versions(), "date": datetime.date.today().isoformat(),
             "command": "mini-llm " + " ".join(args.argv), "ceilings": limits,
-            "shapes": args.shapes}
+            "shapes": args.shapes, "over_ceiling": over}
     out.mkdir(parents=True, exist_ok=True)
     results = report.to_json(rows, e2e, meta).encode()
     for path in [out / "results.json", *([args.json] if args.json else [])]:
@@ -96,6 +98,10 @@ def main(args):
     report.roofline(rows, meta, out / "roofline.png")
     report.print_tables(rows, e2e, meta)
     failed = [r for r in rows if r.status in ("FAILED", "error")]
+    if over:
+        print(f"WARNING: {len(over)} rows above 100% of a ceiling ({', '.join(over[:3])}"
+              f"{', ...' if len(over) > 3 else ''}): the ceilings ({describe(limits)}) are too low; "
+              "rerun with --remeasure-ceilings on an idle machine", file=sys.stderr)
     print(f"wrote {out}/results.json, results.md, roofline.png"
           + (f"; {len(failed)} rows FAILED or in error" if failed else ""))
     return 1 if failed else 0
