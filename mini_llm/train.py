@@ -27,6 +27,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .files import check_output_folder, fetch, lock_folder
 from .generate import default_prompt, generate
 from .loop import Run, Task, finish, fit, seeded
+from .memory import check_training_fits
 from .model import GPT, GPTConfig
 from .optim import AdamW
 from .tokenizer import Tokenizer
@@ -100,6 +101,7 @@ def train(model_overrides, cfg, resume=None):
     config = model_config(config, ckpt, dataset, Path(cfg.out) / FILE_NAME)
     device, dtype, autocast = resolve_device(cfg.device, cfg.dtype)
     cfg = dataclasses.replace(cfg, dtype=dtype)
+    check_training_fits(config, cfg.batch_size, device, dtype, kernels, cfg.activation_checkpointing)
 
     run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt)
     task = language_modelling(dataset, cfg, config.block_size, device)

@@ -195,3 +195,30 @@ def test_a_tokenizer_asked_for_more_tokens_than_the_text_allows_says_how_many_it
     got = int(captured.out.split()[0])  # "N tokens (256 bytes, ...) learned from ..."
     assert got < 100000
     assert f"warning: the text allows only {got} tokens, not the 100000 asked for" in captured.err
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_the_first_step(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out),
+                 "--batch-size", "100000000"]) == 2
+    one_line_error(capsys, "MiB (predicted, batch 100000000 x 16), but cpu has")
+    assert not out.exists()
+
+
+def test_the_predicted_peak_is_compared_with_the_memory_free(corpus, tmp_path, monkeypatch, capsys):
+    from mini_llm.memory import available
+
+    monkeypatch.setattr(available, "available_bytes", lambda device: 1 << 16)  # 64 KiB free
+    argv = ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "run"),
+            "--max-iters", "1", "--sample-tokens", "0"]
+    assert main(argv) == 2
+    one_line_error(capsys, "but cpu has 0.1 MiB free")
+    monkeypatch.setattr(available, "available_bytes", lambda device: 1 << 30)  # the tiny run fits
+    assert main(argv) == 0
+
+
+def test_the_memory_free_on_this_machine_can_be_told():
+    from mini_llm.memory import available_bytes
+
+    free = available_bytes("cpu")
+    assert free is None or free > 0
