@@ -181,6 +181,7 @@ def cmd_profile(args):
     ops.parse(args.kernels)
     if args.steps < 1:
         raise MiniLLMError(f"--steps must be >= 1, got {args.steps}")
+    check_output_folder(args.out)
     profile(preset, args.kernels, args.out, steps=args.steps)
 
 
@@ -225,6 +226,7 @@ def cmd_plot(args):
 
 
 def cmd_scaling_fit(args):
+    check_output_folder(args.out)
     summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
                         args.level, args.budget_tolerance, args.force)
     print(format_summary(summary))
@@ -238,6 +240,7 @@ def sweep_settings(args):
 
 
 def cmd_scaling_sweep(args):
+    check_output_folder(args.out)  # before hours of runs
     s = sweep_settings(args)
     vocab_size, train_tokens = s.dataset()
     planned = plan_isoflop(args.budgets, s, vocab_size) + plan_grid(
@@ -253,6 +256,7 @@ def cmd_scaling_sweep(args):
 
 
 def cmd_scaling_check(args):
+    check_output_folder(args.out)
     r = check_prediction(args.fit, args.budget, sweep_settings(args))
     print(f"budget {args.budget:.2e}: N {r['params']} trained on {r['tokens']} tokens "
           f"({r['epochs']:.2f} epochs): predicted loss {r['predicted_loss']:.4f}, measured "
