@@ -3,11 +3,11 @@
     mini-llm train [--preset NAME] [--out DIR] [--kernels SPEC] [setting overrides...]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
                     [--quant int8|int4 [--group-size G]] [--dtype ...] [--kernels SPEC]
-    mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE
+    mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE [--force]
     mini-llm bench [--shapes quick|full] [--ops ...] [--backends ...] [--dtype ...] [--json PATH]
     mini-llm profile [--preset NAME] [--kernels SPEC] [--steps N]
-    mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
-    mini-llm plot RUN [RUN ...] [-o PNG]
+    mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR] [--force]
+    mini-llm plot RUN [RUN ...] [-o PNG] [--force]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
     mini-llm costs [--preset NAME] [model settings...] [--measure]
@@ -16,7 +16,8 @@
     mini-llm scaling check FIT.json --budget C --out DIR
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
-printed as one line and exit with status 2.
+printed as one line and exit with status 2. Outputs are checked before any work and never
+replace an existing file unless --force is given (mini_llm/files.py).
 """
 
 import argparse

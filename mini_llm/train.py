@@ -11,6 +11,7 @@ Files in the run folder (--out):
   metrics.jsonl     one JSON object per log step ("train") and per evaluation ("eval")
   summary.json      final losses, speed, device and settings
   loss.png          the loss curves
+  .lock             locked while a run writes the folder: a second run into it is refused
 """
 
 import dataclasses
