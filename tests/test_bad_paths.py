@@ -78,7 +78,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,message", CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])
+@pytest.mark.parametrize("argv,message", CASES, ids=[f"{a[0]}: {m}" for a, m in CASES])
 def test_a_bad_output_is_one_line_and_overwrites_nothing(argv, message, trained, corpus, tmp_path, capsys):
     if any("/dev/full" in a for a in argv) and not DEV_FULL.is_char_device():
         pytest.skip("no /dev/full here")
