@@ -8,7 +8,7 @@ pre-allocated KV cache (mini_llm/generate.py), so a step is one decode_attention
 the weight matmuls, quantized or not. tokens/s = batch x new tokens / wall time, the median of
 3 runs after a warm-up run (which also autotunes). Without --run the preset's model is randomly
 initialised: speed does not depend on the weights' values.
-Writes bench/results/decode_<device>.{json,md}.
+Writes decode_<device>.{json,md} into --out (bench/script.py).
 """
 
 import argparse
@@ -17,7 +17,7 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
+import sys
 
 import torch
 
@@ -28,10 +28,10 @@ from mini_llm.model import GPT, GPTConfig
 from mini_llm.presets import get_preset
 from mini_llm.quant import quantize_model
 
+from . import script
 from .suite import _versions
 
 FORMATS = {"full": None, "int8": (8, None), "int4 g64": (4, 64)}
-RESULTS = Path(__file__).parent / "results"
 
 
 def tokens_per_s(model, batch, new_tokens, device):
@@ -55,8 +55,9 @@ def main(argv=None):
     p.add_argument("--kernels", default="torch,triton,cuda", help="kernel sets to try, those that run here")
     p.add_argument("--batches", default="1,64")
     p.add_argument("--tokens", type=int, default=200, help="new tokens per sequence")
-    p.add_argument("--out", default=str(RESULTS))
+    script.add_out_flag(p)
     args = p.parse_args(argv)
+    out = script.check_out(args.out)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -84,19 +85,17 @@ def main(argv=None):
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "CPU"
     meta = {**_versions(), "device": device_name, "preset": args.preset, "run": args.run, "new_tokens": args.tokens,
             "command": "python -m mini_llm.bench.decode_speed " + " ".join(argv or [])}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = f"decode_{'gpu' if device.type == 'cuda' else 'cpu'}"
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Decode tokens/s, {meta['device']}", "",
              f"{args.preset}, {args.tokens} new tokens after a 1-token prompt, greedy, KV cache; "
              "median of 3 runs.", "", "| weights | kernels | batch | tokens/s | weights MiB |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['weights']} | {r['kernels']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['model_mib']:.1f} |"
               for r in rows]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {f"{name}.json": json.dumps({"meta": meta, "rows": rows}, indent=1),
+                               f"{name}.md": "\n".join(lines) + "\n"})
     print(f"wrote {out / name}.json and .md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

@@ -8,7 +8,7 @@ measure_training_memory (build the model and AdamW, two training steps on random
 train.py runs them, gradient clipping included, under torch.profiler; the peak of live
 allocated bytes). Cases: the fused (flash) attention and the materialized reference attention,
 each with and without activation checkpointing. Writes
-bench/results/memory_shakespeare_char_cpu.{json,md}.
+memory_shakespeare_char_cpu.{json,md} in --out (bench/script.py).
 
 Not measured here: the bf16-autocast GPU case that `mini-llm train` runs on a GPU. Its
 prediction comes from the same code (`mini-llm memory --preset shakespeare-char --measure` on a
@@ -16,17 +16,17 @@ GPU compares it with torch.cuda.max_memory_allocated); the JSON lists it, marked
 because no GPU was available when this was written.
 """
 
+import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+from mini_llm.bench import script
 from mini_llm.memory import MIB, measure_training_memory, predict_training_memory
 from mini_llm.model import GPTConfig
 from mini_llm.presets import get_preset
 from train_vs_nanogpt import machine
 
-RESULTS = Path(__file__).parent / "results"
 PRESET = "shakespeare-char"
 CASES = [  # name, --kernels, activation checkpointing
     ("flash", "torch", False),
@@ -45,7 +45,10 @@ def breakdown(pred):
             "peak": pred.peak, "peak_phase": pred.peak_phase}
 
 
-def main():
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    script.add_out_flag(p)
+    out = script.check_out(p.parse_args(argv).out)
     preset = get_preset(PRESET)
     config = GPTConfig(vocab_size=65, **preset["model"])  # Tiny Shakespeare's 65 characters
     batch = preset["train"]["batch_size"]
@@ -71,8 +74,6 @@ def main():
               "machine": m, "rows": rows,
               "unmeasured": {"case": "flash, bfloat16 autocast, cuda", "predicted": breakdown(gpu),
                              "why": "no GPU was available"}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory_shakespeare_char_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| case | --kernels | activation checkpointing | predicted MiB (phase) | "
              "measured MiB | predicted / measured |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['case']} | {r['kernels']} | {'on' if r['activation_checkpointing'] else 'off'} "
@@ -83,9 +84,10 @@ def main():
     lines.append(f"\n{PRESET}, batch {batch} x {config.block_size}, float32 on {m['cpu']}, "
                  f"{m['cores']} cores, torch {m['torch']}, commit {m['git_commit']}, {m['date']}: "
                  f"`{m['command']}`")
-    (RESULTS / "memory_shakespeare_char_cpu.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {"memory_shakespeare_char_cpu.json": json.dumps(result, indent=2) + "\n",
+                               "memory_shakespeare_char_cpu.md": "\n".join(lines) + "\n"})
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

@@ -7,14 +7,13 @@ windows of the model's context, every position scored), not a sample of batches,
 differences between formats are not noise. Formats: the checkpoint's own weights, int8 per
 channel, int4 with groups of 32, 64 and 128 (mini_llm/ops/quant_format.py). The weight bytes count every
 parameter and buffer of the model (the embedding, shared with the output head, stays in full
-precision). Writes bench/results/quant_quality_<layers>L_<width>C.{json,md}.
+precision). Writes quant_quality_<layers>L_<width>C.{json,md} into --out (bench/script.py).
 """
 
 import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +24,10 @@ from mini_llm.data import TINY_SHAKESPEARE, prepare_dataset
 from mini_llm.files import fetch
 from mini_llm.quant import quantize_model
 
+from . import script
 from .suite import _versions
 
 FORMATS = {"float32": None, "int8": (8, None), "int4 g32": (4, 32), "int4 g64": (4, 64), "int4 g128": (4, 128)}
-RESULTS = Path(__file__).parent / "results"
 
 
 @torch.no_grad()
@@ -54,8 +53,9 @@ def main(argv=None):
     p.add_argument("--run", required=True, help="a trained run folder or its ckpt.safetensors")
     p.add_argument("--data", help="the text the run was trained on (default: Tiny Shakespeare)")
     p.add_argument("--kernels", default="torch", help="backends for the ops (as --kernels)")
-    p.add_argument("--out", default=str(RESULTS))
+    script.add_out_flag(p)
     args = p.parse_args(argv)
+    out = script.check_out(args.out)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, ckpt = load_model(args.run, device)  # float32 weights: the row every format is compared with
@@ -81,9 +81,6 @@ def main(argv=None):
             "val_tokens": len(val_ids) - 1, "model_config": ckpt.meta["model_config"],
             "trained": {"iters": ckpt.meta["iter"], **{k: train_cfg[k] for k in ("batch_size", "lr", "seed")}},
             "command": "python -m mini_llm.bench.quant_quality " + " ".join(sys.argv[1:] if argv is None else argv)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"quant_quality_{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Weight-only quantization of a trained {c.n_layer}-layer, {c.n_embd}-wide model: "
              "validation loss and memory", "",
              f"Whole validation split ({meta['val_tokens']:,} positions), {device}, kernels {args.kernels}; "
@@ -92,9 +89,10 @@ def main(argv=None):
              "| weights | val loss | increase | weights MiB | saved |", "|---|---|---|---|---|"]
     lines += [f"| {r['weights']} | {r['val_loss']:.4f} | {r['val_loss_increase']:+.5f} | "
               f"{r['weight_bytes'] / 2**20:.2f} | {r['memory_saved_pct']:.0f}% |" for r in rows]
-    (out / f"quant_quality_{name}.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {f"quant_quality_{name}.json": json.dumps({"meta": meta, "rows": rows}, indent=1),
+                               f"quant_quality_{name}.md": "\n".join(lines) + "\n"})
     print(f"wrote {out}/quant_quality_{name}.json and .md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

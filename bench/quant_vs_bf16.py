@@ -1,18 +1,18 @@
 """quant_matmul against what a user would otherwise run: torch.matmul with a bf16 weight.
 
-    python -m mini_llm.bench.quant_vs_bf16 [--backends triton,cuda] [--out bench/results]
+    python -m mini_llm.bench.quant_vs_bf16 [--backends triton,cuda] [--out DIR]
 
 The issue's targets: at M = 1..16 tokens and K = N = 4096 / 8192, int8 >= 1.6x and int4 >= 2.5x
 faster than the bf16 matmul, and no worse than 0.6x of it at M = 2048. (The bench suite's
 quant_matmul rows compare with the `torch` backend instead, which dequantizes on every call.)
 Each kernel's result is first checked against the reference in float64 (the bench suite's
 rule); then every row is timed in the same run, on a GPU, with triton.testing.do_bench.
-Writes bench/results/quant_vs_bf16_gpu.{json,md}.
+Writes quant_vs_bf16_<device>.{json,md} into --out (bench/script.py).
 """
 
 import argparse
 import json
-from pathlib import Path
+import sys
 
 import torch
 
@@ -20,10 +20,10 @@ from mini_llm import ops
 from mini_llm.ops.quant_format import quantize
 from mini_llm.ops.validation import TOLERANCE, compare, within
 
+from . import script
 from .suite import _versions
 from .timing import median_ms
 
-RESULTS = Path(__file__).parent / "results"
 FORMATS = ((8, None), (4, 64), (4, 128))
 TOKENS = (1, 2, 4, 8, 16, 2048)
 
@@ -37,8 +37,9 @@ def main(argv=None):
     p.add_argument("--backends", default="triton,cuda")
     p.add_argument("--sizes", default="4096,8192", help="K = N")
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="M, rows of activations")
-    p.add_argument("--out", default=str(RESULTS))
+    script.add_out_flag(p)
     args = p.parse_args(argv)
+    out = script.check_out(args.out)
     # On a CPU (Triton interpreted) it only checks that the script runs: the times mean nothing.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backends = [b for b in args.backends.split(",") if ops.unavailable_reason(b) is None]
@@ -66,18 +67,16 @@ def main(argv=None):
                     print(f"{backend:>6} M{M:<5} K=N={K} {label(bits, group):<9} "
                           f"{ms * 1e3:8.1f} us vs bf16 {bf16_ms * 1e3:8.1f} us: {r['speedup_vs_bf16']:.2f}x {r['status']}")
     meta = {**_versions(), "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     name = f"quant_vs_bf16_{'gpu' if device.type == 'cuda' else 'cpu'}"
-    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# quant_matmul vs bf16 torch.matmul, {meta['device']}", "",
              "bf16 activations; medians of triton.testing.do_bench; speed-up = bf16 time / kernel time.", "",
              "| backend | M | K = N | weights | us | bf16 us | speed-up | check |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['backend']} | {r['M']} | {r['K']} | {label(r['bits'], r['group'])} | "
               f"{r['ms'] * 1e3:.1f} | {r['bf16_ms'] * 1e3:.1f} | {r['speedup_vs_bf16']:.2f}x | {r['status']} |" for r in rows]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {f"{name}.json": json.dumps({"meta": meta, "rows": rows}, indent=1),
+                               f"{name}.md": "\n".join(lines) + "\n"})
     print(f"wrote {out}/{name}.json and .md")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

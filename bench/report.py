@@ -7,6 +7,8 @@ import math
 
 from mini_llm.ops.validation import TOLERANCE
 
+from .ceilings import describe
+
 HEADER = ["op", "backend", "shape", "dtype", "pass", "check (rel err)", "ms", "GB/s", "TFLOP/s",
           "% copy BW", "% matmul", "vs torch"]
 SKIPPED_HEADER = ["backend", "skipped, because", "ops"]
@@ -57,7 +59,8 @@ def print_tables(rows, e2e, meta):
     limits = meta["ceilings"]
     console.print(f"[bold]{limits['device']}[/]: copy {limits['copy_gb_s']:.1f} GB/s "
                   f"(plain loop {limits['copy_gb_s_plain']:.1f}), matmul {limits['matmul']} "
-                  f"{limits['matmul_tflop_s']:.3f} TFLOP/s (plain loop {limits['matmul_tflop_s_plain']:.3f})")
+                  f"{limits['matmul_tflop_s']:.3f} TFLOP/s (plain loop {limits['matmul_tflop_s_plain']:.3f}); "
+                  f"{describe(limits)}")
     table = Table(*HEADER, title="ops: checked against the reference, then timed (median)")
     for row in _measured(rows):
         table.add_row(*cells(row), style="red" if row.status in ("FAILED", "error") else None)
@@ -84,7 +87,10 @@ def markdown(rows, e2e, meta):
            f"{meta['git_commit']}, {meta['date']}; `{meta['command']}`", "",
            f"Measured limits: copy {lim['copy_gb_s']:.1f} GB/s (plain loop "
            f"{lim['copy_gb_s_plain']:.1f}); matmul {lim['matmul']}: {lim['matmul_tflop_s']:.3f} "
-           f"TFLOP/s (plain loop {lim['matmul_tflop_s_plain']:.3f}).", ""]
+           f"TFLOP/s (plain loop {lim['matmul_tflop_s_plain']:.3f}); {describe(lim)}.", ""]
+    if meta.get("over_ceiling"):
+        out += [f"**Warning**: {len(meta['over_ceiling'])} rows are above 100% of a ceiling "
+                f"({', '.join(meta['over_ceiling'])}): the ceilings were measured low.", ""]
     tolerances = ", ".join(f"{name} {tol:.0e}" for name, tol in TOLERANCE.items())
     out += ["Each row was checked against the reference in float64 (the `torch` op in float32 where "
             f"that would not fit in memory); relative tolerances: {tolerances}. The JSON has the "

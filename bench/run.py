@@ -54,10 +54,12 @@ class Row:
 
 
 def parse_list(text, known, what):
-    """'a,b' -> ['a', 'b'], every name checked against `known`."""
-    if not text:
+    """'a,b' -> ['a', 'b'], every name checked against `known`; None (not given): all of them."""
+    if text is None:
         return list(known)
     names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"no {what} named in {text!r}; leave the flag out for all of them")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")

@@ -12,27 +12,26 @@ thread count (its Timer would otherwise pin 1 thread) and NumPy's BLAS at its de
 
 Also timed: the hot spot of the backward, the embedding's scatter-add, as np.add.at and as
 the np.bincount formulation that functional.embedding uses.
-Writes bench/results/scratch_step_vs_torch.{json,md}.
+Writes scratch_step_vs_torch.{json,md} into --out (bench/script.py).
 """
 
 import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as TF
 from torch.utils.benchmark import Timer
 
+from mini_llm.bench import script
 from mini_llm.bench.train_vs_nanogpt import machine  # the CPU, versions, commit, date
 from mini_llm.scratch import Tensor
 from mini_llm.scratch import functional as F
 from mini_llm.scratch.char_mlp import CharMLP
 from mini_llm.scratch.optim import AdamW
 
-RESULTS = Path(__file__).parent / "results"
 VOCAB = 65  # Tiny Shakespeare's characters
 SHAPES = [  # (batch, context, n_embd, hidden); the middle one is `mini-llm scratch train`'s
     (32, 8, 16, 128),
@@ -137,11 +136,13 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--min-run-time", type=float, default=2.0,
                         help="seconds of timing per engine and shape")
-    args = parser.parse_args()
+    script.add_out_flag(parser)
+    args = parser.parse_args(argv)
+    out = script.check_out(args.out)
     rows = []
     for batch, context, n_embd, hidden in SHAPES:
         numpy_step, torch_step = steppers(batch, context, n_embd, hidden)
@@ -157,11 +158,10 @@ def main():
               "steps": rows, "scatter_add": scatter_add_row(batch, context, n_embd, args.min_run_time),
               "target_ratio": TARGET, "met": all(r["ratio"] <= TARGET for r in rows)}
     report = markdown(result)
-    RESULTS.mkdir(exist_ok=True)
-    for suffix, text in (("json", json.dumps(result, indent=2) + "\n"), ("md", report)):
-        (RESULTS / f"scratch_step_vs_torch.{suffix}").write_text(text)
+    script.write_results(out, {"scratch_step_vs_torch.json": json.dumps(result, indent=2) + "\n",
+                               "scratch_step_vs_torch.md": report})
     print(report)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

@@ -9,6 +9,7 @@ Writes results.json, results.md and roofline.png into --out (default out/bench).
 
 import datetime
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,10 +17,11 @@ from tqdm import tqdm
 
 from mini_llm import nvtx, ops
 from mini_llm.errors import ConfigError
+from mini_llm.files import atomic_write_bytes, check_output_file, check_output_folder
 from mini_llm.presets import default_preset, get_preset
 
 from . import report
-from .ceilings import ceilings
+from .ceilings import ceilings, describe, over_ceiling
 from .e2e import run_e2e
 from .run import DTYPES, PASSES, count_steps, parse_list, run_ops
 from .specs import SHAPE_SETS, SPECS
@@ -59,6 +61,11 @@ def _versions():
 
 
 def main(args):
+    # The outputs are checked first: a suite run takes minutes, and its rows must not be lost
+    # at the end to a path that was never writable.
+    out = check_output_folder(args.out)
+    if args.json:
+        check_output_file(args.json, force=True)  # results are regenerated: only refuse what breaks
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     op_names = parse_list(args.ops, list(SPECS), "op")
     backends = parse_list(args.backends, list(ops.BACKENDS), "backend")
@@ -78,19 +85,23 @@ def main(args):
               desc="ops", disable=None) as bar:
         rows = run_ops(op_names, backends, dtypes, args.shapes, passes, device, limits, bar.update)
     e2e = [] if args.no_e2e else run_e2e(preset, args.kernels, device, limits)
+    over = over_ceiling(rows, e2e)
 
     meta = {"device": limits["device"], **_versions(), "date": datetime.date.today().isoformat(),
             "command": "mini-llm " + " ".join(args.argv), "ceilings": limits,
-            "shapes": args.shapes}
-    out = Path(args.out)
+            "shapes": args.shapes, "over_ceiling": over}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(report.to_json(rows, e2e, meta))
-    if args.json:
-        Path(args.json).write_text(report.to_json(rows, e2e, meta))
-    (out / "results.md").write_text(report.markdown(rows, e2e, meta))
+    results = report.to_json(rows, e2e, meta).encode()
+    for path in [out / "results.json", *([args.json] if args.json else [])]:
+        atomic_write_bytes(path, results)
+    atomic_write_bytes(out / "results.md", report.markdown(rows, e2e, meta).encode())
     report.roofline(rows, meta, out / "roofline.png")
     report.print_tables(rows, e2e, meta)
     failed = [r for r in rows if r.status in ("FAILED", "error")]
+    if over:
+        print(f"WARNING: {len(over)} rows above 100% of a ceiling ({', '.join(over[:3])}"
+              f"{', ...' if len(over) > 3 else ''}): the ceilings ({describe(limits)}) are too low; "
+              "rerun with --remeasure-ceilings on an idle machine", file=sys.stderr)
     print(f"wrote {out}/results.json, results.md, roofline.png"
           + (f"; {len(failed)} rows FAILED or in error" if failed else ""))
     return 1 if failed else 0

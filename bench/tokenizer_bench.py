@@ -14,7 +14,8 @@
 
 Each figure is the median of --repeats runs, ours and the peer alternating. DIR holds the data
 files (default: $MINI_LLM_DATA_DIR, else ../shared/data beside the project). Needs the `bench`
-extra: pip install -e '.[bench]'. Writes bench/results/tokenizer_cpu.{json,md}.
+extra: pip install -e '.[bench]'. Writes tokenizer_cpu.{json,md}
+into --out (bench/script.py).
 """
 
 import argparse
@@ -32,12 +33,12 @@ import tiktoken
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from mini_llm.bench import script
 from mini_llm.tokenizer import Tokenizer, backends, train_bpe_file
 from mini_llm.tokenizer.gpt2_format import token_bytes
 from mini_llm.tokenizer.pretokenize import GPT2_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 VOCAB = 10_000
 SPECIALS = ["<|endoftext|>"]
 
@@ -162,23 +163,24 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = os.environ.get("MINI_LLM_DATA_DIR") or ROOT.parent / "shared" / "data"
     parser.add_argument("--data-dir", type=Path, default=Path(default))
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    script.add_out_flag(parser)
+    args = parser.parse_args(argv)
+    out = script.check_out(args.out)
     if backends._bpe_core is None:
         sys.exit("the C++ core is not built: pip install -e . (with a C++ compiler)")
     result = {"benchmark": "BPE tokenizer: training vs HF tokenizers, encoding vs tiktoken",
               "repeats": args.repeats, "machine": machine(),
               "training": bench_training(args.data_dir, args.repeats),
               "encoding": bench_encoding(args.data_dir, args.repeats)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tokenizer_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "tokenizer_cpu.md").write_text(markdown(result))
+    script.write_results(out, {"tokenizer_cpu.json": json.dumps(result, indent=2) + "\n",
+                               "tokenizer_cpu.md": markdown(result)})
     print(markdown(result))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

@@ -5,7 +5,7 @@ time may. Meant for a GPU (the issue's check: shakespeare-char, 5000 iterations,
     python -m mini_llm.bench.train_kernel_sets [--preset shakespeare-char] [--kernels reference,triton,cuda]
 
 The runs go one after another (never sharing the device), each into out/kernel_sets/<kernels>;
-every setting but --kernels is the preset's. Writes bench/results/train_kernel_sets_<preset>.{json,md}:
+every setting but --kernels is the preset's. Writes train_kernel_sets_<preset>.{json,md} into --results:
 final val loss, its difference from the first kernel set's, median ms/iteration, tokens/s.
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from . import script
 
 
 def main(argv=None):
@@ -23,9 +23,11 @@ def main(argv=None):
     p.add_argument("--preset", default="shakespeare-char")
     p.add_argument("--kernels", default="reference,triton,cuda", help="kernel sets; the first is the baseline")
     p.add_argument("--out", default="out/kernel_sets", help="parent folder of the run folders")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", default=script.DEFAULT_OUT, help="folder for the results (default: "
+                   f"{script.DEFAULT_OUT}; the committed ones are in bench/results)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="more `mini-llm train` flags, after --")
     args = p.parse_args(argv)
+    script.check_out(args.results)
 
     rows, failed = [], []
     for kernels in args.kernels.split(","):
@@ -49,16 +51,14 @@ def write(rows, out, preset):
     """results/train_kernel_sets_<preset>.{json,md}: the rows, each against the first."""
     for r in rows:
         r["val_loss_diff"] = r["val_loss"] - rows[0]["val_loss"]
-    out.mkdir(parents=True, exist_ok=True)
     name = f"train_kernel_sets_{preset}"
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     lines = [f"# {preset}: one training run per kernel set", "",
              "| kernels | iterations | val loss | vs first | ms/iter (median) | tokens/s | device |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['kernels']} | {r['iters']} | {r['val_loss']:.4f} | {r['val_loss_diff']:+.4f} | "
               f"{r['median_ms_per_iter']:.1f} | {r['tokens_per_s']:,.0f} | {r['device']} ({r['dtype']}) |" for r in rows]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {f"{name}.json": json.dumps(rows, indent=1), f"{name}.md": "\n".join(lines) + "\n"})
     print("\n".join(lines))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

@@ -4,7 +4,7 @@
 
 PATH/TO/nanoGPT is a checkout of karpathy/nanoGPT whose data/shakespeare_char/ has been prepared
 (its prepare.py). The runs go one after another, never in parallel, so they do not share the CPU.
-Writes bench/results/train_shakespeare_char_cpu.{json,md}: final losses, median ms/iteration
+Writes train_shakespeare_char_cpu.{json,md} into --out (bench/script.py): final losses, median ms/iteration
 (evaluation steps and the first 10 iterations left out), wall time, and the machine.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+from mini_llm.bench import script
+
 NANOGPT_CPU_COMMAND = [  # nanoGPT README, "I only have a macbook" (CPU) section
     "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
     "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
     "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
 ]
-RESULTS = Path(__file__).parent / "results"
 
 
 def timed(cmd, **kwargs):
@@ -76,11 +77,13 @@ def machine():
             "git_commit": git.stdout.strip(), "date": time.strftime("%Y-%m-%d")}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nanogpt", required=True, help="a prepared nanoGPT checkout")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1, 2])
-    args = parser.parse_args()
+    script.add_out_flag(parser)
+    args = parser.parse_args(argv)
+    out = script.check_out(args.out)
     rows = [run_nanogpt(args.nanogpt)]
     print(rows[-1])
     with tempfile.TemporaryDirectory() as scratch:
@@ -88,10 +91,8 @@ def main():
             for seed in args.seeds:
                 rows.append(run_ours(seed, lr, scratch))
                 print(rows[-1])
-    RESULTS.mkdir(exist_ok=True)
     result = {"benchmark": "shakespeare-char-cpu, 2000 iterations, batch 12", "machine": machine(),
               "runs": rows}
-    (RESULTS / "train_shakespeare_char_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["| runner | lr | seed | val loss | train loss | median ms/iter | wall s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['runner']} | {r['lr']:g} | {r['seed']} | {r['val_loss']:.4f} | "
@@ -99,9 +100,10 @@ def main():
     m = result["machine"]
     lines.append(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
                  f"commit {m['git_commit']}, {m['date']}")
-    (RESULTS / "train_shakespeare_char_cpu.md").write_text("\n".join(lines) + "\n")
+    script.write_results(out, {"train_shakespeare_char_cpu.json": json.dumps(result, indent=2) + "\n",
+                               "train_shakespeare_char_cpu.md": "\n".join(lines) + "\n"})
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script.run(main))

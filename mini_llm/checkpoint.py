@@ -3,9 +3,12 @@ metadata, the model config, the tokenizer and where training stopped.
 
 safetensors stores raw tensors and strings only, so loading a checkpoint never runs code from
 it (a pickle, as torch.save writes, can). The file is written beside its final name and
-renamed into place, so a run killed mid-save leaves the previous checkpoint intact.
+renamed into place, so a run killed mid-save leaves the previous checkpoint intact. Its
+metadata carries a sha256 of the tensors, checked on load: damaged bytes under an intact header
+(a bad disk, a torn copy) are an error, not a model that loads and then samples garbage.
 """
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +52,7 @@ def save_checkpoint(path, model, optimizer, meta):
                     tensors[f"optim.{index}.{name}"] = value.detach().cpu().contiguous()
                 else:
                     scalars.setdefault(str(index), {})[name] = value
-    metadata = {"format": FORMAT, "meta": json.dumps(meta)}
+    metadata = {"format": FORMAT, "meta": json.dumps(meta), "sha256": tensors_sha256(tensors)}
     if optimizer is not None:
         metadata["optim_groups"] = json.dumps(_tag_tuples(opt["param_groups"]))
         metadata["optim_scalars"] = json.dumps(scalars)
@@ -74,10 +77,24 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mini-llm checkpoint (format {metadata.get('format')!r})")
+    # Checkpoints written before the checksum have none: they load unchecked.
+    if "sha256" in metadata and metadata["sha256"] != tensors_sha256(tensors):
+        raise CheckpointError(f"{path} is damaged: its tensors do not match the checksum saved "
+                              "with them")
     try:
         return _parse(metadata, tensors)
     except (KeyError, ValueError, TypeError) as e:  # a checkpoint with damaged metadata
         raise CheckpointError(f"{path} has incomplete or damaged metadata ({e!r})") from None
+
+
+def tensors_sha256(tensors):
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def _parse(metadata, tensors):

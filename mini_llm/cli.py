@@ -4,11 +4,11 @@
                    [--nproc-per-node N --parallel ddp|ddp-torch|zero1|zero2|fsdp|fsdp-torch]
     mini-llm sample RUN_OR_CKPT [--prompt TEXT] [--num-tokens N] [--temperature T] [--top-k K]
                     [--quant int8|int4 [--group-size G]] [--dtype ...] [--kernels SPEC]
-    mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE
+    mini-llm quantize RUN_OR_CKPT --quant int8|int4 [--group-size G] --out FILE [--force]
     mini-llm bench [--shapes quick|full] [--ops ...] [--backends ...] [--dtype ...] [--json PATH]
     mini-llm profile [--preset NAME] [--kernels SPEC] [--steps N]
-    mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR]
-    mini-llm plot RUN [RUN ...] [-o PNG]
+    mini-llm tokenizer train [--data PATH] [--vocab-size N] [--special-tokens TEXT ...] [--out DIR] [--force]
+    mini-llm plot RUN [RUN ...] [-o PNG] [--force]
     mini-llm memory [--preset NAME] [--batch-size N] [--activation-checkpointing] [--measure]
     mini-llm scratch train [--context K] [--hidden H] [setting overrides...]   (NumPy, stage F)
     mini-llm costs [--preset NAME] [model settings...] [--measure]
@@ -18,7 +18,8 @@
     mini-llm parallel plan [--model llama3-8b|llama3-70b|PRESET] [--gpus N] [--gpu h100] [--bandwidth GB/s] ...
 
 Errors the user can fix (bad settings, missing data, broken checkpoints, unknown kernels) are
-printed as one line and exit with status 2.
+printed as one line and exit with status 2. Outputs are checked before any work and never
+replace an existing file unless --force is given (mini_llm/files.py).
 """
 
 import argparse
@@ -42,11 +43,11 @@ from .align.sft import sft
 from .bench.ceilings import ceilings
 from .bench.suite import add_arguments as add_bench_arguments, main as bench_main
 from .bench.timing import median_ms
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_checkpoint, load_model, resolve_path
 from .data import TINY_SHAKESPEARE
 from .errors import MiniLLMError
-from .files import fetch
-from .generate import generate
+from .files import check_output_file, check_output_folder, fetch
+from .generate import default_prompt, generate
 from .loop import seeded
 from .memory import format_prediction, measure_training_memory, predict_training_memory
 from .memory.parallel import format_parallel_memory
@@ -63,6 +64,7 @@ from .scaling.fit import fit_table, format_summary
 from .scaling.sweep import Settings, check_prediction, plan_grid, plan_isoflop, run_sweep
 from .scratch.train import ScratchTrainConfig, train_char_mlp
 from .tokenizer import train_bpe_file
+from .tokenizer.gpt2_format import ENCODER_FILE, MERGES_FILE
 from .train import TrainConfig, resolve_device, train
 
 HELP = {
@@ -157,7 +159,8 @@ def cmd_sample(args):
     model, ckpt = load_for_inference(args.run, device, args.quant, args.group_size)
     model = model.to(getattr(torch, dtype))  # weights in bf16 on a GPU: half the bytes per token
     tokenizer = ckpt.tokenizer
-    prompt = tokenizer.encode(args.prompt)  # raises on characters the model never saw
+    # raises on characters the model never saw
+    prompt = default_prompt(tokenizer) if args.prompt is None else tokenizer.encode(args.prompt)
     if len(prompt) > model.config.block_size:
         print(f"note: the prompt is longer than the context ({model.config.block_size}); "
               "only its end is seen", file=sys.stderr)
@@ -184,6 +187,7 @@ def cmd_sample(args):
 
 def cmd_quantize(args):
     check_quant_flags(args.quant, args.group_size)
+    check_output_file(args.out, args.force, inputs=[resolve_path(args.run)])
     model, ckpt = load_model(args.run, "cpu")
     summary = quantize_model(model, QUANT_BITS[args.quant], args.group_size)
     save_quantized(args.out, model, ckpt.meta)
@@ -200,6 +204,7 @@ def cmd_profile(args):
     ops.parse(args.kernels)
     if args.steps < 1:
         raise MiniLLMError(f"--steps must be >= 1, got {args.steps}")
+    check_output_folder(args.out)
     profile(preset, args.kernels, args.out, steps=args.steps)
 
 
@@ -244,10 +249,16 @@ def cmd_scratch_train(args):
 
 
 def cmd_tokenizer_train(args):
+    out = check_output_folder(args.out)
+    if not args.force and any((out / name).exists() for name in (ENCODER_FILE, MERGES_FILE)):
+        raise MiniLLMError(f"{out} holds a tokenizer; pass --force to replace it, or another --out")
     path = fetch(TINY_SHAKESPEARE, args.data)
     t0 = time.perf_counter()
     tok = train_bpe_file(path, args.vocab_size, args.special_tokens, backend=args.backend, progress=True)
     seconds = time.perf_counter() - t0
+    if tok.vocab_size < args.vocab_size:
+        print(f"warning: the text allows only {tok.vocab_size} tokens, not the {args.vocab_size} "
+              "asked for: every piece of it became a single token first", file=sys.stderr)
     tok.save(args.out)
     print(f"{tok.vocab_size} tokens (256 bytes, {len(tok.merges)} merges, {len(tok.special_tokens)} "
           f"special) learned from {path} in {seconds:.2f} s ({tok.backend.name} backend); "
@@ -255,11 +266,13 @@ def cmd_tokenizer_train(args):
 
 
 def cmd_plot(args):
+    check_output_file(args.output, args.force)
     plot_runs(args.runs, args.output)
     print(f"wrote {args.output}")
 
 
 def cmd_scaling_fit(args):
+    check_output_folder(args.out)
     summary = fit_table(args.runs, args.out, args.params_column, args.bootstrap, args.seed,
                         args.level, args.budget_tolerance, args.force)
     print(format_summary(summary))
@@ -273,6 +286,7 @@ def sweep_settings(args):
 
 
 def cmd_scaling_sweep(args):
+    check_output_folder(args.out)  # before hours of runs
     s = sweep_settings(args)
     vocab_size, train_tokens = s.dataset()
     planned = plan_isoflop(args.budgets, s, vocab_size) + plan_grid(
@@ -288,6 +302,7 @@ def cmd_scaling_sweep(args):
 
 
 def cmd_scaling_check(args):
+    check_output_folder(args.out)
     r = check_prediction(args.fit, args.budget, sweep_settings(args))
     print(f"budget {args.budget:.2e}: N {r['params']} trained on {r['tokens']} tokens "
           f"({r['epochs']:.2f} epochs): predicted loss {r['predicted_loss']:.4f}, measured "
@@ -309,7 +324,8 @@ def cmd_costs(args):
         limits = {"device": "the given device", "copy_gb_s": args.copy_gb_s,
                   "matmul_tflop_s": args.matmul_tflop_s, "source": "given"}
     else:
-        limits = {**ceilings(torch.device(device)), "source": "bench/ceilings.py, measured once and cached"}
+        limits = {**ceilings(torch.device(device), check=False),
+                  "source": "bench/ceilings.py, measured once and cached"}
     measured = None
     if args.measure:  # the median step: one slow window on a shared machine does not decide it
         _, train_step, _ = synthetic_training_of(config, batch_size, torch.device(device))
@@ -446,7 +462,7 @@ def add_training_commands(sub):
 
     p = sub.add_parser("sample", help="generate text from a trained model")
     p.add_argument("run", help="a run folder or its ckpt.safetensors")
-    p.add_argument("--prompt", default="\n")
+    p.add_argument("--prompt", help="default: a newline (the first token where the vocabulary has none)")
     p.add_argument("--num-tokens", "-n", type=int, default=500)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -464,12 +480,14 @@ def add_training_commands(sub):
     p.add_argument("run", help="a run folder or its ckpt.safetensors")
     add_quant_flags(p, required=True)
     p.add_argument("--out", required=True, help="the quantized checkpoint to write (.safetensors)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=cmd_quantize)
 
 
     p = sub.add_parser("plot", help="plot the loss curves of one or more runs")
     p.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
-    p.add_argument("-o", "--output", default="loss.png")
+    p.add_argument("-o", "--output", default="loss.png", help="the PNG to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     p.set_defaults(func=cmd_plot)
 
 
@@ -547,6 +565,7 @@ def add_stage_commands(sub):
     p.add_argument("--backend", default="auto", choices=("auto", "python", "cpp"),
                    help="the hot loops in C++ (auto: where built) or in pure Python")
     p.add_argument("--out", default="out/tokenizer", help="folder for encoder.json and vocab.bpe")
+    p.add_argument("--force", action="store_true", help="replace a tokenizer already in --out")
     p.set_defaults(func=cmd_tokenizer_train)
 
 

@@ -22,6 +22,11 @@ class DivergedError(MiniLLMError):
     """Training produced a non-finite loss: stopped before anything non-finite was saved."""
 
 
+class OutputError(MiniLLMError):
+    """An output that cannot or must not be written: it exists, it is a device or a folder,
+    its folder is missing, or the OS refused (permission, full disk, read-only)."""
+
+
 class KernelSelectionError(MiniLLMError):
     pass
 

@@ -13,7 +13,16 @@ at most block_size tokens of context. A prompt longer than block_size keeps only
 import torch
 
 from . import nvtx
-from .errors import ConfigError, DivergedError
+from .errors import ConfigError, DataError, DivergedError
+
+
+def default_prompt(tokenizer):
+    """Where a sample starts when the user gave no prompt: a newline, or, for a vocabulary
+    without one, its first token."""
+    try:
+        return tokenizer.encode("\n")
+    except DataError:
+        return [0]
 
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):

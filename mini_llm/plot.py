@@ -1,9 +1,11 @@
 """Loss curves from one or more run folders' metrics.jsonl, as a PNG."""
 
+import io
 import json
 from pathlib import Path
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .files import atomic_write_bytes
 
 
 def read_metrics(run_dir):
@@ -34,8 +36,8 @@ def plot_runs(run_dirs, out_png):
     empty = [str(run_dir) for run_dir, records in runs.items() if not records]
     if empty:
         raise DataError(f"no metrics.jsonl to plot in {', '.join(empty)}")
-    if not Path(out_png).resolve().parent.is_dir():
-        raise DataError(f"cannot write {out_png}: its folder does not exist")
+    if Path(out_png).suffix.lower() != ".png":
+        raise ConfigError(f"{out_png}: the plot is a PNG; give a path ending in .png")
     fig, ax = plt.subplots(figsize=(8, 5))
     for run_dir, records in runs.items():
         name = Path(run_dir).name
@@ -49,5 +51,7 @@ def plot_runs(run_dirs, out_png):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(out_png, png.getvalue())

@@ -11,6 +11,7 @@ Files in the run folder (--out):
   metrics.jsonl     one JSON object per log step ("train") and per evaluation ("eval")
   summary.json      final losses, speed, device and settings
   loss.png          the loss curves
+  .lock             locked while a run writes the folder: a second run into it is refused
 """
 
 import dataclasses
@@ -24,9 +25,10 @@ from . import __version__, nvtx, ops
 from .checkpoint import FILE_NAME, load_checkpoint
 from .data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError, DataError
-from .files import fetch
-from .generate import generate
+from .files import check_output_folder, fetch, lock_folder
+from .generate import default_prompt, generate
 from .loop import Run, Task, finish, fit, seeded
+from .memory import check_training_fits
 from .model import GPT, GPTConfig
 from .optim import AdamW
 from .parallel import STRATEGY_NAMES, groups, make_strategy
@@ -93,6 +95,7 @@ def train(model_overrides, cfg, resume=None):
     dict changes (where to stop, how to run: RESUME_MAY_CHANGE).
     """
     # Every check runs before the run folder is touched, so a bad command overwrites nothing.
+    check_output_folder(cfg.out)
     ckpt, cfg = checkpoint_to_resume(model_overrides, cfg, resume)
     kernels = ops.set_kernels(cfg.kernels)
     config = GPTConfig(**model_overrides)  # checked before any data is read; vocab_size below
@@ -104,6 +107,7 @@ def train(model_overrides, cfg, resume=None):
     strategy = parallel_strategy(cfg)  # None: one process
     device, dtype, autocast = resolve_device(strategy.world.device if strategy else cfg.device, cfg.dtype)
     cfg = dataclasses.replace(cfg, dtype=dtype)
+    check_training_fits(config, cfg.batch_size, device, dtype, kernels, cfg.activation_checkpointing)
 
     run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt, strategy)
     task = language_modelling(dataset, cfg, config.block_size, device)
@@ -120,7 +124,8 @@ def train(model_overrides, cfg, resume=None):
         say(f"note: the learning rate follows the checkpoint's schedule, which reaches min_lr "
             f"({cfg.min_lr:g}) at iteration {cfg.lr_decay_iters} and stays there to {cfg.max_iters}; "
             f"a new run gets a schedule as long as itself")
-    summary = fit(run, task)
+    with lock_folder(cfg.out) if run.ranks.is_main else nullcontext():  # a second run into the
+        summary = fit(run, task)  # same folder is refused, not mixed in (rank 0 writes)
     summary.update({
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else
         f"cpu ({torch.get_num_threads()} threads)", "dtype": dtype, "kernels": kernels,
@@ -290,11 +295,7 @@ def language_modelling(dataset, cfg, block_size, device):
 
 def sample_text(model, tokenizer, cfg, device):
     """A sample from the trained model, started from a newline (or the first token)."""
-    try:
-        start_ids = tokenizer.encode("\n")
-    except DataError:  # a text without newlines: start from its first token
-        start_ids = [0]
-    prompt = torch.tensor([start_ids], device=device)
+    prompt = torch.tensor([default_prompt(tokenizer)], device=device)
     ids = generate(model.eval(), prompt, cfg.sample_tokens, temperature=0.8, top_k=200,
                    generator=seeded(cfg.seed, "sample") if device == "cpu" else None)
     return tokenizer.decode(ids[0].tolist())

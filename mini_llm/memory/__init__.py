@@ -39,6 +39,7 @@ Checked here on CPU (float32 and CPU bf16 autocast); the CUDA rules (bool masks,
 fp32 dq accumulator, fused rms_norm) follow PyTorch's kernels but have not been measured yet.
 """
 
+from .available import available_bytes, check_training_fits
 from .measure import cpu_peak_bytes, measure_training_memory
 from .predict import MemoryPrediction, format_prediction, predict_training_memory
 from .saved import MIB

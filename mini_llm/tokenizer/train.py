@@ -82,4 +82,6 @@ def train_bpe_file(path, vocab_size, special_tokens=DEFAULT_SPECIALS, **kwargs):
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text: byte {e.start} is {raw[e.start:e.start + 1]!r}") from None
+    if not text:
+        raise DataError(f"{path} is empty: there is no text to learn merges from")
     return train_bpe(text, vocab_size, special_tokens, **kwargs)
