@@ -140,11 +140,22 @@ def fit(run, task):
                           **run.ranks.record()}
                 check_finite(run, record)
                 write_record(metrics, record)
-                sent = {"sent_MB": f"{record['bytes_sent'] / 1e6:.2f}"} if "bytes_sent" in record else {}
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['ms_per_iter']:.1f}",
-                                tok_s=f"{record['tokens_per_s']:,.0f}", **sent)
+                show_progress(run, bar, record)
     return {"iters": cfg.max_iters, **evaluation, **clock.summary(),
             "wall_s": time.perf_counter() - t_start}
+
+
+def show_progress(run, bar, record):
+    """The log step on the progress bar; with output going to a file or a pipe, where the bar
+    stays off, as one plain line, so a log shows progress between evaluations."""
+    fields = {"loss": f"{record['loss']:.4f}", "ms": f"{record['ms_per_iter']:.1f}",
+              "tok_s": f"{record['tokens_per_s']:,.0f}"}
+    if "bytes_sent" in record:
+        fields["sent_MB"] = f"{record['bytes_sent'] / 1e6:.2f}"
+    if not bar.disable:
+        bar.set_postfix(**fields)
+    elif run.ranks.is_main:
+        print(f"iter {record['iter']}: " + ", ".join(f"{k} {v}" for k, v in fields.items()), flush=True)
 
 
 def optimizer_step(run, task, it):

@@ -202,3 +202,11 @@ def test_resuming_past_the_schedule_says_what_the_learning_rate_does(corpus, tmp
                  "--max-iters", "4", "--sample-tokens", "0"]) == 0
     assert main(["train", "--out", str(out), "--resume", "--max-iters", "6"]) == 0
     assert "reaches min_lr (0.0001) at iteration 4 and stays there to 6" in capsys.readouterr().out
+
+
+def test_a_log_piped_to_a_file_shows_progress_between_evaluations(corpus, tmp_path, capsys):
+    """Without a terminal the progress bar stays off; each log step is then one plain line."""
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "run"),
+                 "--max-iters", "6", "--eval-interval", "6", "--log-interval", "2", "--sample-tokens", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("iter ")] == ["iter 2", "iter 4", "iter 6"]
