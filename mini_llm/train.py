@@ -124,8 +124,13 @@ def train(model_overrides, cfg, resume=None):
         say(f"note: the learning rate follows the checkpoint's schedule, which reaches min_lr "
             f"({cfg.min_lr:g}) at iteration {cfg.lr_decay_iters} and stays there to {cfg.max_iters}; "
             f"a new run gets a schedule as long as itself")
-    with lock_folder(cfg.out) if run.ranks.is_main else nullcontext():  # a second run into the
-        summary = fit(run, task)  # same folder is refused, not mixed in (rank 0 writes)
+    # Rank 0 locks the run folder: a second run into it is refused, and a run that finished
+    # there since the checks above (its checkpoint appeared) is not overwritten.
+    with lock_folder(cfg.out) if run.ranks.is_main else nullcontext():
+        if run.ranks.is_main and ckpt is None and (Path(cfg.out) / FILE_NAME).exists():
+            raise ConfigError(f"{Path(cfg.out) / FILE_NAME} was written by another run since this "
+                              "one started: pass --resume to continue it, or another --out")
+        summary = fit(run, task)
     summary.update({
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else
         f"cpu ({torch.get_num_threads()} threads)", "dtype": dtype, "kernels": kernels,

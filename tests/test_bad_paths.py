@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mini_llm import files
+from mini_llm import train as train_module
 from mini_llm.checkpoint import FILE_NAME, load_checkpoint
 from mini_llm.cli import main
 from mini_llm.errors import CheckpointError
@@ -129,6 +130,24 @@ def test_a_second_writer_of_a_run_folder_is_refused(trained, capsys):
         one_line_error(capsys, f"{trained} is in use by another run (pid {os.getpid()})")
     assert snapshot(trained) == before
     assert main(["train", "--out", str(trained), "--resume", "--max-iters", "3", "--sample-tokens", "0"]) == 0
+
+
+def test_a_run_that_finished_meanwhile_in_the_same_folder_is_not_overwritten(corpus, tmp_path, capsys,
+                                                                              monkeypatch):
+    """Two fresh runs into one --out: the first finished between the second's checks and its
+    lock. The second must not train over the first's checkpoint."""
+    out = tmp_path / "run"
+
+    def the_other_run_saved_first(folder):
+        out.mkdir(exist_ok=True)
+        (out / FILE_NAME).write_bytes(b"the other run's checkpoint")
+        return files.lock_folder(folder)
+
+    monkeypatch.setattr(train_module, "lock_folder", the_other_run_saved_first)
+    assert main(["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), "--max-iters", "2",
+                 "--sample-tokens", "0"]) == 2
+    one_line_error(capsys, "was written by another run since this one started")
+    assert (out / FILE_NAME).read_bytes() == b"the other run's checkpoint"
 
 
 def test_damaged_tensor_bytes_under_a_valid_header_are_refused(trained):
