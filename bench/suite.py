@@ -41,6 +41,7 @@ def add_arguments(p):
     p.add_argument("--no-e2e", action="store_true", help="op rows only")
     p.add_argument("--out", default="out/bench", help="folder for results.json/.md and roofline.png")
     p.add_argument("--json", help="also write the JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.add_argument("--remeasure-ceilings", action="store_true", help="ignore the cached limits")
     p.add_argument("--nvtx", action="store_true", help="emit NVTX ranges (for Nsight)")
 
@@ -65,7 +66,7 @@ def main(args):
     # at the end to a path that was never writable.
     out = check_output_folder(args.out)
     if args.json:
-        check_output_file(args.json, force=True)  # results are regenerated: only refuse what breaks
+        check_output_file(args.json, force=args.force)  # a file elsewhere: never replaced unasked
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     op_names = parse_list(args.ops, list(SPECS), "op")
     backends = parse_list(args.backends, list(ops.BACKENDS), "backend")

@@ -68,6 +68,8 @@ CASES = [
     (["bench", "--ops", "layer_norm", "--no-e2e", "--out", "{tmp}/b", "--json", "/dev/full"],
      "/dev/full is not a regular file"),
     (["bench", "--ops", "", "--out", "{tmp}/b"], "no op named in ''"),
+    (["bench", "--ops", "layer_norm", "--no-e2e", "--out", "{tmp}/b", "--json", "{tmp}/notes.txt"],
+     "exists; pass --force"),
     (["profile", "--preset", "tiny", "--out", "{tmp}/notes.txt"], "notes.txt is not a folder"),
     (["scaling", "sweep", "--data", "{corpus}", "--budgets", "1e6", "--out", "{tmp}/notes.txt"],
      "notes.txt is not a folder"),
