@@ -27,9 +27,6 @@ def default_prompt(tokenizer):
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     """Draw one token per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
-    if not torch.isfinite(logits).all():  # NaN weights: a diverged run's checkpoint
-        raise DivergedError("the model's logits are not finite (NaN or inf): its weights are "
-                            "broken, e.g. saved by a run that diverged")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -59,6 +56,11 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
     window = idx[:, -block:]
     with nvtx.range("prefill"):
         logits, _ = model(window, cache=cache, start=0)
+    # Checked once, here, not per token (that would wait for the device at every step):
+    # broken weights, e.g. a diverged run's checkpoint, already give non-finite prefill logits.
+    if not torch.isfinite(logits[:, -1]).all():
+        raise DivergedError("the model's logits are not finite (NaN or inf): its weights are "
+                            "broken, e.g. saved by a run that diverged")
     pos = window.size(1)  # positions filled in the cache
     tokens = [idx]
     stopped = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
