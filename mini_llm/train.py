@@ -107,7 +107,8 @@ def train(model_overrides, cfg, resume=None):
     strategy = parallel_strategy(cfg)  # None: one process
     device, dtype, autocast = resolve_device(strategy.world.device if strategy else cfg.device, cfg.dtype)
     cfg = dataclasses.replace(cfg, dtype=dtype)
-    check_training_fits(config, cfg.batch_size, device, dtype, kernels, cfg.activation_checkpointing)
+    per_rank = cfg.batch_size // strategy.world.size if strategy else cfg.batch_size  # --batch-size is global
+    check_training_fits(config, per_rank, device, dtype, kernels, cfg.activation_checkpointing)
 
     run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt, strategy)
     task = language_modelling(dataset, cfg, config.block_size, device)

@@ -56,7 +56,9 @@ def main(argv=None):
         status = args.func(args) or 0
     except MiniLLMError as e:
         rank = f"rank {os.environ['RANK']}: " if "RANK" in os.environ else ""  # under torchrun
-        print(f"mini-llm: error: {rank}{e}", file=sys.stderr)
+        # One write, newline included: the ranks of a parallel run share stderr, and a line
+        # written in two pieces can be cut by another rank's.
+        sys.stderr.write(f"mini-llm: error: {rank}{e}\n")
         return 2
     except KeyboardInterrupt:
         print("mini-llm: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
