@@ -25,30 +25,42 @@ def default_prompt(tokenizer):
         return [0]
 
 
-def sample_next(logits, temperature=1.0, top_k=None, generator=None):
-    """Draw one token per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
+def next_token_logits(logits, temperature=1.0, top_k=None):
+    """The logits (B, V) of the distribution a token is drawn from: scaled by 1 / temperature,
+    all but the top_k set to -inf. Not for temperature 0 (greedy has no distribution)."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    return logits
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """Draw one token per row from logits (B, V); temperature 0 means greedy. Returns (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(next_token_logits(logits, temperature, top_k), dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
 @torch.no_grad()
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None,
-             stop_token=None):
+             stop_token=None, logprobs=False):
     """idx: (B, T) prompt ids. Returns (B, T + max_new_tokens), or with `stop_token` (e.g. a
     chat's end of turn) (B, T + n): each row stops at its first stop_token and is padded with
-    it from there, and generation ends early once every row has stopped."""
+    it from there, and generation ends early once every row has stopped.
+
+    logprobs=True also returns (B, n) float32: each new token's log-probability under the
+    distribution it was drawn from (next_token_logits), what reinforcement learning needs
+    (align/rollout.py); 0 for a stopped row's padding."""
     if idx.dim() != 2 or idx.size(1) == 0:
         raise ConfigError(f"the prompt must be (batch, length >= 1) token ids, got {tuple(idx.shape)}")
     if not temperature >= 0:  # also refuses NaN
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if logprobs and temperature == 0:
+        raise ConfigError("log-probabilities need temperature > 0 (greedy decoding has no distribution)")
     if max_new_tokens < 0:
         raise ConfigError(f"the number of new tokens must be >= 0, got {max_new_tokens}")
     block = model.config.block_size
@@ -62,10 +74,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
         raise DivergedError("the model's logits are not finite (NaN or inf): its weights are "
                             "broken, e.g. saved by a run that diverged")
     pos = window.size(1)  # positions filled in the cache
-    tokens = [idx]
+    tokens, token_logps = [idx], []
     stopped = torch.zeros(idx.size(0), 1, dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
         next_id = sample_next(logits[:, -1], temperature, top_k, generator)  # (B, 1)
+        if logprobs:
+            logp = torch.log_softmax(next_token_logits(logits[:, -1], temperature, top_k), dim=-1)
+            token_logps.append(logp.gather(-1, next_id).masked_fill(stopped, 0.0))
         if stop_token is not None:
             next_id = next_id.masked_fill(stopped, stop_token)
             stopped |= next_id == stop_token
@@ -81,4 +96,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, generator=
             with nvtx.range("prefill"):
                 logits, _ = model(window, cache=cache, start=0)
             pos = window.size(1)
-    return torch.cat(tokens, dim=1)
+    out = torch.cat(tokens, dim=1)
+    if logprobs:
+        return out, (torch.cat(token_logps, dim=1) if token_logps else out.new_zeros(out.size(0), 0, dtype=torch.float32))
+    return out
