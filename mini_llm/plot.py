@@ -42,7 +42,7 @@ def plot_runs(run_dirs, out_png):
     for run_dir, records in runs.items():
         name = Path(run_dir).name
         steps = [r for r in records if r["kind"] == "train"]
-        evals = [r for r in records if r["kind"] == "eval"]
+        evals = [r for r in records if r["kind"] == "eval" and "val_loss" in r]  # RL runs evaluate rewards
         line, = ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], lw=0.8, alpha=0.6,
                         label=f"{name} train (batch)")
         ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-",

@@ -30,6 +30,11 @@ DEFAULTS = {
                    eval_iters=10, log_interval=10, weight_decay=0.0, sample_tokens=0),
     "dpo": dict(batch_size=8, max_iters=150, lr=3e-4, min_lr=3e-5, warmup_iters=10, eval_interval=50,
                 eval_iters=10, log_interval=10, weight_decay=0.0, sample_tokens=0),
+    # RL: one step per minibatch of a rollout; batch_size, grad_accum and eval_iters are unused
+    "ppo": dict(max_iters=100, lr=1e-4, min_lr=1e-4, warmup_iters=0, eval_interval=20, log_interval=4,
+                weight_decay=0.0, sample_tokens=0),
+    "grpo": dict(max_iters=100, lr=1e-4, min_lr=1e-4, warmup_iters=0, eval_interval=20, log_interval=4,
+                 weight_decay=0.0, sample_tokens=0),
 }
 
 

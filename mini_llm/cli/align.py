@@ -5,6 +5,8 @@ from pathlib import Path
 from ..align.datasets import BUILDERS
 from ..align.dpo import dpo
 from ..align.evaluate import evaluate_runs
+from ..align.grpo import GRPOConfig, grpo
+from ..align.ppo import PPOConfig, ppo
 from ..align.pairs import write_pairs
 from ..align.reward import train_reward_model
 from ..align.runs import align_config
@@ -38,6 +40,16 @@ def cmd_align_reward(args):
 def cmd_align_dpo(args):
     dpo(align_settings("dpo", args), args.base, args.beta, args.reference, args.loss_type,
         args.label_smoothing, args.val_data, args.truncate, args.limit)
+
+
+RL_SKIP = (*ALIGN_SKIP, "data", "batch_size", "grad_accum", "eval_iters", "parallel")
+RL_METHODS = {"ppo": (PPOConfig, ppo), "grpo": (GRPOConfig, grpo)}
+
+
+def cmd_align_rl(args):
+    settings, train = RL_METHODS[args.align_command]
+    rl = settings(**given(args, settings))
+    train(align_config(args.align_command, given(args, TrainConfig, skip=RL_SKIP)), rl, args.base, args.reference)
 
 
 def cmd_align_pairs(args):
@@ -82,6 +94,15 @@ def add_align_parsers(sub):
     p.add_argument("--reference", help="the frozen reference (default: --base)")
     p.add_argument("--loss-type", default="sigmoid", choices=("sigmoid", "ipo"))
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO: labels flipped with this probability")
+
+    for name, (settings, _) in RL_METHODS.items():
+        p = cmds.add_parser(name, help=f"{name.upper()}: optimise a reward with RL, with a KL penalty to the "
+                            "reference (see docs/stage-5-alignment.md)")
+        p.add_argument("--base", required=True, help="the run to start from (the SFT model)")
+        p.add_argument("--reference", help="the frozen reference (default: --base)")
+        add_dataclass_flags(p, settings)
+        add_dataclass_flags(p, TrainConfig, skip=RL_SKIP)
+        p.set_defaults(func=cmd_align_rl)
 
     p = cmds.add_parser("pairs", help="sample answer pairs from a model, labelled by the gold reward")
     p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
