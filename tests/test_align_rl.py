@@ -179,3 +179,22 @@ def test_a_reward_that_raises_or_gives_nan_skips_that_answer_with_a_warning(caps
     assert "failed on 2 of 4 answers" in capsys.readouterr().err
     with pytest.raises(DataError, match="every one of 2"):
         score(reward, [Sample("p", "boom", []), Sample("p", "nan", [])])
+
+
+# --- best-of-n ---------------------------------------------------------------------------------
+def test_best_of_n_expectation_equals_enumerating_every_subset():
+    from itertools import combinations
+
+    from mini_llm.align.best_of_n import analytic_kl, expected_best
+
+    g = torch.Generator().manual_seed(0)
+    selector, value = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    for n in (1, 2, 3, 6):
+        for p in range(2):
+            subsets = list(combinations(range(6), n))
+            exact = sum(value[p, max(s, key=lambda i: selector[p, i])].item() for s in subsets) / len(subsets)
+            assert expected_best(selector, value, n)[p].item() == pytest.approx(exact, abs=1e-6)
+    torch.testing.assert_close(expected_best(selector, value, 1), value.double().mean(1))  # n = 1: any answer
+    assert analytic_kl(1) == 0 and analytic_kl(4) == pytest.approx(math.log(4) - 0.75)
+    with pytest.raises(ConfigError):
+        expected_best(selector, value, 7)

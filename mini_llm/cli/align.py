@@ -4,6 +4,7 @@ from pathlib import Path
 
 from ..align.datasets import BUILDERS
 from ..align.dpo import dpo
+from ..align.best_of_n import best_of_n
 from ..align.evaluate import evaluate_runs
 from ..align.grpo import GRPOConfig, grpo
 from ..align.ppo import PPOConfig, ppo
@@ -50,6 +51,16 @@ def cmd_align_rl(args):
     settings, train = RL_METHODS[args.align_command]
     rl = settings(**given(args, settings))
     train(align_config(args.align_command, given(args, TrainConfig, skip=RL_SKIP)), rl, args.base, args.reference)
+
+
+def cmd_align_best_of_n(args):
+    result = best_of_n(args.model, args.reward, args.prompts, args.n, args.samples, args.max_new_tokens, args.seed,
+                       args.max_prompts, args.out)
+    for row in result["best_of_n"]:
+        gold = f", gold reward {row['gold_reward']:+.3f}" if "gold_reward" in row else ""
+        print(f"best of {row['n']:>4}: KL {row['kl']:.2f} nats, reward {row['reward']:+.3f}{gold}")
+    if args.out:
+        print(f"wrote {args.out}")
 
 
 def cmd_align_pairs(args):
@@ -103,6 +114,19 @@ def add_align_parsers(sub):
         add_dataclass_flags(p, settings)
         add_dataclass_flags(p, TrainConfig, skip=RL_SKIP)
         p.set_defaults(func=cmd_align_rl)
+
+    p = cmds.add_parser("best-of-n", help="sample n answers, keep the best by the reward: reward against "
+                        "the analytic KL log n - (n-1)/n")
+    p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
+    p.add_argument("--reward", required=True, help="gold, addition or a reward-model run")
+    p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" (distinct prompts)")
+    p.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--samples", type=int, default=64, help="answers sampled per prompt (>= the largest n)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-prompts", type=int, help="use the first N distinct prompts")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", help="JSON to write (must not exist)")
+    p.set_defaults(func=cmd_align_best_of_n)
 
     p = cmds.add_parser("pairs", help="sample answer pairs from a model, labelled by the gold reward")
     p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
