@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Stage 5, part 2, measured on a CPU: reward over-optimisation (best-of-n, PPO and GRPO against
+# the proxy reward model, scored by the gold reward), DPO at more betas for the matched-KL table,
+# and GRPO on the verifiable addition task (3 seeds). Each step appends its command, wall and
+# CPU seconds to $RES/times.tsv.
+#
+#   bash bench/align_rl.sh [STEP ...]    steps: bon ppo grpo dpo eval addition report
+#                                        (default: all, in that order)
+# Needs the runs of bench/align_stage5.sh in $ALIGN (default /tmp/align: the SFT model, the
+# proxy reward model rm2-3200, the gold-labelled pairs). RL runs go to $WORK (default /tmp/rl);
+# results are written to bench/results/stage5_rl/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MINI_LLM_DATA_DIR=${MINI_LLM_DATA_DIR:-../shared/data} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+A=${ALIGN:-/tmp/align}
+W=${WORK:-/tmp/rl}
+RES=bench/results/stage5_rl
+SFT=$A/sft-char
+RM=$A/rm2-3200
+PROMPTS=(--prompts "$A/data/sft_train.jsonl" --eval-prompts "$A/data/sft_val.jsonl")
+ADD_SEEDS="1 2 3"
+mkdir -p "$W" "$RES"
+
+timed() {  # timed NAME CMD...: run, log the command and its wall / CPU seconds
+    local name=$1; shift
+    local t0; t0=$(date +%s.%N)
+    /usr/bin/time -f "%U %S" -o "$W/$name.cpu" "$@" > "$W/$name.log" 2>&1
+    local wall; wall=$(echo "$(date +%s.%N) - $t0" | bc)
+    read -r user sys < "$W/$name.cpu"
+    printf "%s\t%.0f\t%.0f\t%s\n" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$*" >> "$RES/times.tsv"
+}
+
+step_bon() {  # 256 answers per prompt: best of 1 .. 256, KL 0 .. 4.55 nats
+    timed bon mini-llm align best-of-n --model "$SFT" --reward "$RM" --prompts "$A/data/sft_val.jsonl" \
+        --samples 256 --n 1 2 4 8 16 32 64 128 256 --seed 7 --out "$RES/best_of_n.json"
+}
+step_ppo() {  # a weak KL penalty, so the policy travels far enough for the gold reward to turn
+    timed ppo mini-llm align ppo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" --kl-coef 0.01 \
+        --max-new-tokens 96 --max-iters 240 --eval-interval 20 --lr 5e-5 --min-lr 5e-5 --out "$W/ppo-proxy"
+}
+step_grpo() {
+    timed grpo mini-llm align grpo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" \
+        --max-new-tokens 96 --max-iters 120 --eval-interval 10 --lr 5e-5 --min-lr 5e-5 --out "$W/grpo-proxy"
+}
+step_dpo() {  # larger betas than part 1's, for DPO points at the KL the other methods reach
+    for beta in 5.0 20.0; do
+        timed "dpo_b$beta" mini-llm align dpo --base "$SFT" --data "$A/pairs_3200.jsonl" --val-data "$A/pairs_val.jsonl" \
+            --beta "$beta" --seed 1 --max-iters 100 --out "$W/dpo-b$beta"
+    done
+}
+step_eval() {  # every final model measured as part 1 measured DPO: same prompts, seed, sampling
+    timed eval mini-llm align eval --models "$W/ppo-proxy" "$W/grpo-proxy" "$W/dpo-b5.0" "$W/dpo-b20.0" \
+        --reference "$SFT" --prompts "$A/data/sft_val.jsonl" --seed 7 --out "$RES/eval.jsonl"
+}
+step_addition() {  # GRPO on the verifiable task: pass@1 before and after, 3 seeds
+    for seed in $ADD_SEEDS; do
+        timed "add_grpo_s$seed" mini-llm align grpo --base "$W/add-sft" --reward addition \
+            --prompts "$W/add-data/rl_prompts.jsonl" --eval-prompts "$W/add-data/test_prompts.jsonl" \
+            --max-new-tokens 8 --k 8 --prompts-per-rollout 16 --max-iters 60 --eval-interval 10 \
+            --eval-samples 4 --seed "$seed" --out "$W/add-grpo-s$seed"
+    done
+}
+step_report() {
+    python bench/align_rl_report.py --work "$W" --align "$A" --out "$RES"
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(bon ppo grpo dpo eval addition report)
+for s in "${steps[@]}"; do "step_$s"; done
