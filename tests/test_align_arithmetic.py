@@ -10,6 +10,7 @@ from mini_llm.align.arithmetic import (addition_reward, check, mean_and_ci95, pa
                                        problems)
 from mini_llm.align.datasets import addition
 from mini_llm.align.evaluate import Answer
+from mini_llm.cli import main
 from mini_llm.errors import DataError
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.tokenizer import CharTokenizer
@@ -97,3 +98,22 @@ def test_pass_at_1_of_a_model_is_reproducible_and_greedy_ignores_the_seed():
     assert greedy[0]["pass_at_1"] == greedy[1]["pass_at_1"]
     with pytest.raises(DataError, match="not an addition prompt"):
         pass_at_1(model, tok, ["1+1", "x"], 1, seed=0)
+
+
+def test_passk_end_to_end_writes_one_record_per_seed_and_greedy(tmp_path):
+    sizes = {"test_prompts": 5, "rl_prompts": 5, "sft_val": 5, "sft_train": 20, "corpus": 200}
+    addition(tmp_path, seed=0, digits=2, sizes=sizes)
+    base, sft, out = tmp_path / "base", tmp_path / "sft", tmp_path / "passk.jsonl"
+    fast = ["--max-iters", "2", "--eval-interval", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main(["train", "--preset", "tiny", "--data", str(tmp_path / "corpus.txt"), "--out", str(base),
+                 "--sample-tokens", "0", *fast]) == 0
+    assert main(["align", "sft", "--base", str(base), "--data", str(tmp_path / "sft_train.jsonl"),
+                 "--val-data", str(tmp_path / "sft_val.jsonl"), "--out", str(sft), *fast]) == 0
+    passk = ["align", "passk", "--model", str(sft), "--prompts", str(tmp_path / "test_prompts.jsonl"),
+             "--max-prompts", "3", "--samples-per-prompt", "2", "--seeds", "1", "2", "--out", str(out)]
+    assert main(passk) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["seed"], r["temperature"], r["samples"]) for r in rows] == [(1, 1.0, 6), (2, 1.0, 6), (0, 0.0, 3)]
+    assert all(0 <= r["pass_at_1"] <= 1 for r in rows)
+    before = out.read_text()
+    assert main(passk) != 0 and out.read_text() == before  # an existing output is refused, kept

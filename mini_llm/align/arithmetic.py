@@ -7,9 +7,17 @@ newline), so a reward of 1 always means the model wrote exactly the answer.
 
 Three-digit operands written most significant digit first are hard enough for a tiny character
 model: its first digit depends on every carry, which it must resolve before writing anything.
-A few minutes of CPU training solve part of the problems, which leaves RL room to gain.
+A minute or so of CPU training solves part of the problems, which leaves RL room to gain:
 
-`mini-llm align data addition` writes the files (datasets.addition); pass_at_1 measures a model.
+    mini-llm align data addition --out DATA          # datasets.addition: every file, seeded
+    mini-llm train --data DATA/corpus.txt --out BASE --n-layer 2 --n-head 4 --n-embd 64 \
+        --block-size 32 --batch-size 32 --max-iters 3000 --lr 3e-3 --min-lr 3e-4 --sample-tokens 0
+    mini-llm align sft --base BASE --data DATA/sft_train.jsonl --val-data DATA/sft_val.jsonl \
+        --out SFT --max-iters 1200 --batch-size 32
+    mini-llm align passk --model SFT --prompts DATA/test_prompts.jsonl   # pass_at_1_run
+
+SFT's accuracy rises steeply with its length here (a few % at 800 steps, most problems at 1500),
+so 1200 steps leave a model that gets a fair share right and most of the rest wrong by digits.
 """
 
 import math

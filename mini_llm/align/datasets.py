@@ -83,10 +83,10 @@ def addition(out, seed=0, digits=3, sizes=ADDITION_SIZES):
     pairs = iter(problems(sum(sizes.values()), seed, digits))
     split = {name: [next(pairs) for _ in range(n)] for name, n in sizes.items()}
     out = Path(out)
-    for name in ("test_prompts", "rl_prompts"):
-        write_jsonl(out / f"{name}.jsonl", [{"prompt": prompt_of(a, b), "answer": str(a + b)} for a, b in split[name]])
-    for name in ("sft_train", "sft_val"):
-        write_jsonl(out / f"{name}.jsonl", [{"prompt": prompt_of(a, b), "response": str(a + b)} for a, b in split[name]])
+    # prompts keep their "answer" for reading; SFT pairs call it "response", as SFT reads them
+    for names, field in ((("test_prompts", "rl_prompts"), "answer"), (("sft_train", "sft_val"), "response")):
+        for name in names:
+            write_jsonl(out / f"{name}.jsonl", [{"prompt": prompt_of(a, b), field: str(a + b)} for a, b in split[name]])
     atomic_write_bytes(out / "corpus.txt", "".join(f"{prompt_of(a, b)}={a + b}\n" for a, b in split["corpus"]).encode())
 
 
