@@ -9,6 +9,9 @@ shakespeare  the project's controlled task: given a speaker's name, answer with 
              parameters barely memorizes: its train and val losses differ by ~0.05 nats.)
 gsm8k        {"prompt": question, "response": worked answer ending "#### N"}.
 orca         the Orca DPO pairs: {"prompt": system + user message, "chosen", "rejected"}.
+addition     a verifiable task for RL (arithmetic.py), generated from a seed: corpus.txt ("a+b=c"
+             lines) to pretrain a character model on, SFT pairs, RL training prompts and held-out
+             test prompts, every problem in exactly one of these files.
 The sources are found or downloaded as data.fetch does, and checked against their sha256.
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from ..data import TINY_SHAKESPEARE
 from ..files import RemoteFile, atomic_write_bytes, fetch
+from .arithmetic import problems, prompt_of
 
 GSM8K = {split: RemoteFile(f"gsm8k_{split}.jsonl",
                            f"https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl",
@@ -69,4 +73,21 @@ def orca(out):
         for r in rows])
 
 
-BUILDERS = {"shakespeare": shakespeare, "gsm8k": gsm8k, "orca": orca}
+# Problems per file of `addition`. The test set comes first, so it stays the same problems
+# whatever the other sizes are.
+ADDITION_SIZES = {"test_prompts": 200, "rl_prompts": 2000, "sft_val": 500, "sft_train": 20000, "corpus": 100000}
+
+
+def addition(out, seed=0, digits=3, sizes=ADDITION_SIZES):
+    """The addition task's files from one seeded stream of distinct problems, sliced in order."""
+    pairs = iter(problems(sum(sizes.values()), seed, digits))
+    split = {name: [next(pairs) for _ in range(n)] for name, n in sizes.items()}
+    out = Path(out)
+    # prompts keep their "answer" for reading; SFT pairs call it "response", as SFT reads them
+    for names, field in ((("test_prompts", "rl_prompts"), "answer"), (("sft_train", "sft_val"), "response")):
+        for name in names:
+            write_jsonl(out / f"{name}.jsonl", [{"prompt": prompt_of(a, b), field: str(a + b)} for a, b in split[name]])
+    atomic_write_bytes(out / "corpus.txt", "".join(f"{prompt_of(a, b)}={a + b}\n" for a, b in split["corpus"]).encode())
+
+
+BUILDERS = {"shakespeare": shakespeare, "gsm8k": gsm8k, "orca": orca, "addition": addition}

@@ -45,16 +45,16 @@ def distinct_prompts(path):
 
 
 @torch.no_grad()
-def sample_answers(model, tokenizer, prompt, n, generator):
-    """n answers to one prompt in one batch (one prompt: no padding), at temperature 1,
-    each ending at its end-of-turn token or at the end of the context."""
+def sample_answers(model, tokenizer, prompt, n, generator, temperature=1.0):
+    """n answers to one prompt in one batch (one prompt: no padding), at temperature 1 unless
+    told (0: greedy), each ending at its end-of-turn token or at the end of the context."""
     prompt_ids = tokenizer.encode(chat_template(prompt))
     room = model.config.block_size - len(prompt_ids)
     if room < 1:
         raise DataError(f"the prompt {prompt[:40]!r} fills the context of {model.config.block_size}")
     device = model.wte.weight.device
     idx = torch.tensor([prompt_ids] * n, device=device)
-    out = generate(model, idx, room, temperature=1.0, generator=generator, stop_token=tokenizer.end_id)
+    out = generate(model, idx, room, temperature=temperature, generator=generator, stop_token=tokenizer.end_id)
     answers = []
     for row in out[:, len(prompt_ids):].tolist():
         stopped = tokenizer.end_id in row

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..align.arithmetic import pass_at_1_run
 from ..align.datasets import BUILDERS
 from ..align.dpo import dpo
 from ..align.best_of_n import best_of_n
@@ -73,12 +74,17 @@ def cmd_align_eval(args):
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 
+def cmd_align_passk(args):
+    pass_at_1_run(args.model, args.prompts, args.out, args.max_prompts, args.samples_per_prompt, args.seeds)
+    print(f"wrote {args.out}")
+
+
 def add_align_parsers(sub):
     align = sub.add_parser("align", help="stage 5: SFT, reward model, DPO, measured against a gold reward")
     cmds = align.add_subparsers(dest="align_command", required=True)
 
     p = cmds.add_parser("data", help="write the align JSONL files from the shipped corpora")
-    p.add_argument("dataset", choices=("shakespeare", "gsm8k", "orca"))
+    p.add_argument("dataset", choices=tuple(BUILDERS))
     p.add_argument("--out", default="out/align-data")
     p.set_defaults(func=cmd_align_data)
 
@@ -148,3 +154,12 @@ def add_align_parsers(sub):
     p.add_argument("--out", required=True, help="JSONL, one record per model (must not exist)")
     p.add_argument("--plot", help="reward-vs-KL PNG")
     p.set_defaults(func=cmd_align_eval)
+
+    p = cmds.add_parser("passk", help="pass@1 (per seed) and greedy accuracy on addition prompts")
+    p.add_argument("--model", required=True, help="the run to evaluate")
+    p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" (e.g. test_prompts.jsonl)")
+    p.add_argument("--max-prompts", type=int, default=200)
+    p.add_argument("--samples-per-prompt", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--out", required=True, help="JSONL, one record per seed and one greedy (must not exist)")
+    p.set_defaults(func=cmd_align_passk)
