@@ -52,12 +52,27 @@ step_eval() {  # every final model measured as part 1 measured DPO: same prompts
     timed eval mini-llm align eval --models "$W/ppo-proxy" "$W/grpo-proxy" "$W/dpo-b5.0" "$W/dpo-b20.0" \
         --reference "$SFT" --prompts "$A/data/sft_val.jsonl" --seed 7 --out "$RES/eval.jsonl"
 }
-step_addition() {  # GRPO on the verifiable task: pass@1 before and after, 3 seeds
+step_addition() {  # GRPO on the verifiable task, 3 seeds; pass@1 of SFT and of each GRPO model
+    local data=$W/data
+    [ -d "$W/add-sft" ] || {  # the task and the SFT model (arithmetic.py's recipe)
+        mini-llm align data addition --out "$data"
+        timed add_base mini-llm train --data "$data/corpus.txt" --out "$W/add-base" --n-layer 2 --n-head 4 \
+            --n-embd 64 --block-size 32 --batch-size 32 --max-iters 3000 --eval-interval 500 --eval-iters 10 \
+            --log-interval 250 --sample-tokens 0 --lr 3e-3 --min-lr 3e-4 --warmup-iters 100
+        timed add_sft mini-llm align sft --base "$W/add-base" --data "$data/sft_train.jsonl" \
+            --val-data "$data/sft_val.jsonl" --out "$W/add-sft" --max-iters 1200 --batch-size 32 \
+            --eval-interval 300 --log-interval 300
+    }
+    rm -f "$RES/addition_passk.jsonl"
+    timed add_passk_sft mini-llm align passk --model "$W/add-sft" --prompts "$data/test_prompts.jsonl" \
+        --out "$W/add-sft.passk.jsonl"
     for seed in $ADD_SEEDS; do
         timed "add_grpo_s$seed" mini-llm align grpo --base "$W/add-sft" --reward addition \
-            --prompts "$W/add-data/rl_prompts.jsonl" --eval-prompts "$W/add-data/test_prompts.jsonl" \
-            --max-new-tokens 8 --k 8 --prompts-per-rollout 16 --max-iters 60 --eval-interval 10 \
-            --eval-samples 4 --seed "$seed" --out "$W/add-grpo-s$seed"
+            --prompts "$data/rl_prompts.jsonl" --eval-prompts "$data/test_prompts.jsonl" \
+            --max-new-tokens 8 --k 8 --prompts-per-rollout 32 --max-iters 300 --eval-interval 50 \
+            --lr 1e-4 --min-lr 1e-4 --seed "$seed" --out "$W/add-grpo-s$seed"
+        timed "add_passk_s$seed" mini-llm align passk --model "$W/add-grpo-s$seed" \
+            --prompts "$data/test_prompts.jsonl" --out "$W/add-grpo-s$seed.passk.jsonl"
     done
 }
 step_report() {

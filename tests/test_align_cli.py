@@ -2,6 +2,7 @@
 bad inputs each refuses with one line and nothing overwritten."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -151,3 +152,75 @@ def test_align_data_makes_the_speaker_task_from_tiny_shakespeare(tmp_path, monke
     assert len(train) == 36 and len(val) == 4  # 40 turns, every 10th held out
     assert val[0] == {"prompt": "First Citizen", "response": "Before we proceed any further, hear me speak."}
     assert {r["prompt"] for r in train} == {"First Citizen", "All"}
+
+
+# --- part 2: RL --------------------------------------------------------------------------------
+RL_FAST = ["--max-new-tokens", "6", "--max-iters", "2", "--eval-interval", "1", "--log-interval", "1",
+           "--eval-samples", "2", "--device", "cpu"]
+
+
+def records_of(run, kind):
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def test_grpo_ppo_and_best_of_n_end_to_end(base, sft_data, tmp_path):
+    prompts = ["--prompts", str(sft_data), "--eval-prompts", str(sft_data)]
+    grpo = tmp_path / "grpo"
+    assert main(["align", "grpo", "--base", str(base), *prompts, "--reward", "gold", "--k", "2",
+                 "--prompts-per-rollout", "2", "--dr-grpo", "--out", str(grpo), *RL_FAST]) == 0
+    train = records_of(grpo, "train")
+    assert {"reward", "reward_std", "frac_reward_zero_std", "clip_ratio", "entropy"} <= set(train[0])
+    assert [r["iter"] for r in records_of(grpo, "eval")] == [0, 1, 2] and "kl" in records_of(grpo, "eval")[0]
+    model, _ = load_model(grpo)  # the policy alone: an ordinary language model
+
+    ppo = tmp_path / "ppo"
+    assert main(["align", "ppo", "--base", str(base), *prompts, "--reward", "gold", "--prompts-per-rollout", "4",
+                 "--epochs", "1", "--minibatches", "1", "--target-kl", "1.0", "--out", str(ppo), *RL_FAST]) == 0
+    first = records_of(ppo, "train")[0]  # iteration 1: the first step on a fresh rollout, on-policy
+    assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and first["clip_ratio"] == 0
+    assert {"value_loss", "explained_variance", "kl", "kl_coef", "entropy"} <= set(first)
+    assert set(load_model(ppo)[0].state_dict()) == set(model.state_dict())  # no value model in it
+
+    out = tmp_path / "bon.json"
+    assert main(["align", "best-of-n", "--model", str(base), "--reward", "gold", "--prompts", str(sft_data),
+                 "--samples", "4", "--n", "1", "2", "4", "--max-new-tokens", "6", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["best_of_n"]
+    assert [r["n"] for r in rows] == [1, 2, 4] and rows[2]["kl"] == pytest.approx(math.log(4) - 0.75)
+    assert rows[0]["reward"] <= rows[1]["reward"] <= rows[2]["reward"]  # the best of more is no worse
+
+
+def test_a_reward_that_fails_on_some_answers_skips_them(base, sft_data, tmp_path, monkeypatch, capsys):
+    from mini_llm.align import rewards
+
+    calls = iter(range(10 ** 6))
+
+    def flaky(text):  # raises on every third answer, NaN on the next, 0.5 on the one after
+        n = next(calls) % 3
+        if n == 0:
+            raise ValueError("cannot score")
+        return float("nan") if n == 1 else 0.5
+    monkeypatch.setattr(rewards, "gold_reward", flaky)
+    out = tmp_path / "grpo"
+    assert main(["align", "grpo", "--base", str(base), "--prompts", str(sft_data), "--eval-prompts", str(sft_data),
+                 "--reward", "gold", "--k", "4", "--prompts-per-rollout", "2", "--seed", "3", "--out", str(out),
+                 *RL_FAST]) == 0
+    assert "warning: the reward failed on" in capsys.readouterr().err
+    assert any(r["skipped"] > 0 for r in records_of(out, "train"))
+    assert all(math.isfinite(r["loss"]) for r in records_of(out, "train"))
+
+
+def test_rl_bad_inputs_are_one_line_errors(base, sft_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    grpo = ["align", "grpo", "--base", str(base), "--out", str(out), "--eval-prompts", str(sft_data), *RL_FAST]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert "holds no examples" in run_error(capsys, [*grpo, "--prompts", str(empty)])
+    assert "at least 2 answers per prompt" in run_error(capsys, [*grpo, "--prompts", str(sft_data), "--k", "1"])
+    assert "cannot be split into 64 minibatches" in run_error(
+        capsys, [*grpo, "--prompts", str(sft_data), "--k", "2", "--prompts-per-rollout", "2", "--minibatches", "64"])
+    assert "reward-model run" in run_error(capsys, [*grpo, "--prompts", str(sft_data), "--reward", str(tmp_path)])
+    # the checker of the addition task cannot read a speaker's name: every answer fails
+    assert "failed on every one" in run_error(capsys, [*grpo, "--prompts", str(sft_data), "--reward", "addition"])
+    assert not (out / "ckpt.safetensors").exists()
+    assert "fewer than the largest n" in run_error(capsys, ["align", "best-of-n", "--model", str(base), "--reward", "gold",
+                                                            "--prompts", str(sft_data), "--samples", "2", "--n", "4"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from .gold import gold_reward
 
 
@@ -48,8 +48,8 @@ def make_reward(spec, device="cpu"):
         return lambda sample: addition_reward(sample.prompt, sample.text)
     try:
         return proxy_reward(spec, device)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--reward must be gold, addition or a reward-model run: {spec}: {e}") from None
+    except CheckpointError as e:
+        raise ConfigError(f"--reward must be gold, addition or a reward-model run ({e})") from None
 
 
 def score(reward, samples):

@@ -119,11 +119,13 @@ class Minibatches:
 
 
 def rollout_stats(rewards, r, k):
-    """What every RL step logs about its rollout."""
+    """What every RL step logs about its rollout; reward_std is the mean over prompts of the std
+    of their answers' rewards (TRL's), over the prompts with two scored answers or more (with one
+    answer per prompt, the std over the rollout)."""
     valid = ~rewards.isnan()
-    groups = rewards.view(-1, k)
-    return {"reward": rewards[valid].mean().item(),
-            "reward_std": groups.std(dim=1).nanmean().item() if k > 1 else rewards[valid].std().item(),
+    groups = [g[~g.isnan()] for g in (rewards.view(-1, k) if k > 1 else rewards.view(1, -1))]
+    stds = [g.std().item() for g in groups if g.numel() > 1]
+    return {"reward": rewards[valid].mean().item(), "reward_std": sum(stds) / len(stds) if stds else 0.0,
             "answer_tokens": r.mask.sum(1).float().mean().item(),
             "stopped": sum(r.stopped) / len(r.stopped), "skipped": (~valid).sum().item()}
 
