@@ -71,12 +71,13 @@ def dpo_curve(records):
 
 
 def pass_at_1(path):
-    """(pass@1 at temperature 1 for eval seed 1 with its CI, greedy accuracy) of a passk file."""
+    """pass@1 at temperature 1 (the mean over the evaluation seeds, and each with its 95% CI
+    over prompts) and greedy accuracy, from a `mini-llm align passk` file."""
     records = read_jsonl(path)
-    sampled = next(r for r in records if r["temperature"] == 1.0)
+    sampled = [r for r in records if r["temperature"] == 1.0]
     greedy = next(r for r in records if r["temperature"] == 0.0)
-    return {"pass_at_1": sampled["pass_at_1"], "ci95": sampled["ci95"], "greedy": greedy["pass_at_1"],
-            "all_seeds": [r["pass_at_1"] for r in records if r["temperature"] == 1.0]}
+    return {"pass_at_1": statistics.mean(r["pass_at_1"] for r in sampled), "greedy": greedy["pass_at_1"],
+            "per_seed": [(r["seed"], r["pass_at_1"], r["ci95"]) for r in sampled]}
 
 
 def mean_ci(values):
@@ -111,6 +112,25 @@ def plot(curves, fits, out_png):
     plt.close(fig)
 
 
+def plot_addition(runs, out_png):
+    """The held-out reward (= pass@1, one eval seed) at each evaluation of each GRPO seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in runs:
+        evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
+        ax.plot([r["iter"] for r in evals], [r["reward"] for r in evals], "o-", label=run.name)
+    ax.set(xlabel="GRPO step", ylabel="pass@1 on 200 held-out problems", title="GRPO on 3-digit addition")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/rl")
@@ -134,6 +154,7 @@ def main():
     summary = {"fits": fits, "kl_targets": KL_TARGETS, "gold_at_kl": matched, "final_models": evals,
                "addition": adds, "curves": {k: c for k, (_, c) in curves.items()}}
     if len(adds) > 1:
+        plot_addition(sorted(p for p in work.glob("add-grpo-s*") if p.is_dir()), out / "addition.png")
         summary["addition_grpo_mean"] = mean_ci([v["pass_at_1"] for k, v in adds.items() if k != "SFT"])
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "summary.md").write_text(markdown(summary))
@@ -163,13 +184,16 @@ def markdown(s):
     lines += [f"| {Path(r['model']).name} | {r['stage']} | {r.get('beta') or ''} | {r['gold_reward']:+.3f} "
               f"± {r['gold_reward_stderr']:.3f} | {r['kl']:.2f} ± {r['kl_stderr']:.2f} |" for r in s["final_models"]]
     if s["addition"]:
-        lines += ["", "## Addition: pass@1 on 200 held-out problems x 4 answers (eval seed 1; 95% CI over prompts)",
-                  "", "| model | pass@1 | 95% CI | eval seeds 1-3 | greedy |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {k} | {v['pass_at_1']:.3f} | [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] | "
-                  f"{', '.join(f'{x:.3f}' for x in v['all_seeds'])} | {v['greedy']:.3f} |" for k, v in s["addition"].items()]
+        lines += ["", "## Addition: pass@1 on 200 held-out problems x 4 answers, temperature 1", "",
+                  "| model | pass@1 (mean of 3 eval seeds) | per eval seed [95% CI over prompts] | greedy |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {k} | {v['pass_at_1']:.3f} | " + "; ".join(f"{p:.3f} [{lo:.3f}, {hi:.3f}]" for _, p, (lo, hi)
+                                                              in v["per_seed"]) + f" | {v['greedy']:.3f} |"
+                  for k, v in s["addition"].items()]
         if "addition_grpo_mean" in s:
             m, (lo, hi) = s["addition_grpo_mean"]
-            lines += ["", f"GRPO over the training seeds: pass@1 {m:.3f}, 95% t-interval [{lo:.3f}, {hi:.3f}]."]
+            lines += ["", f"GRPO over the 3 training seeds: pass@1 {m:.3f}, 95% t-interval [{lo:.3f}, {hi:.3f}]; "
+                      f"SFT: {s['addition']['SFT']['pass_at_1']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
