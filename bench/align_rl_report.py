@@ -24,7 +24,7 @@ FORMS = {"bon": lambda d, a, b: d * (a - b * d),
          "rl": lambda d, a, b: d * (a - b * np.log(np.maximum(d, 1e-9)))}
 PEAK = {"bon": lambda a, b: a / (2 * b) if b > 0 else math.inf,
         "rl": lambda a, b: math.exp(a / b - 1) if b > 0 else math.inf}
-KL_TARGETS = (0.5, 1.0, 2.0, 4.0, 8.0)
+KL_TARGETS = (0.5, 1.0, 2.0, 4.0, 6.0)
 
 
 def read_jsonl(path):
@@ -60,14 +60,15 @@ def at_kl(curve, kl):
     return float(np.interp(kl, [p["kl"] for p in pts], [p["gold_reward"] for p in pts]))
 
 
+# DPO's path in KL: part 1's run (beta 0.2, 800 pairs, seed 1, 100 steps) and the same run stopped early
+DPO_SERIES = ("dpo-b0.2-it5", "dpo-b0.2-it10", "dpo-b0.2-it20", "dpo-b0.2-it40", "dpo-b0.2-s1")
+
+
 def dpo_curve(records):
-    """One point per beta (seeds averaged), from `align eval` records."""
-    by_beta = {}
-    for r in records:
-        if r.get("stage") == "dpo":
-            by_beta.setdefault(r["beta"], []).append(r)
-    return [{"beta": beta, "kl": statistics.mean(r["kl"] for r in rs),
-             "gold_reward": statistics.mean(r["gold_reward"] for r in rs)} for beta, rs in sorted(by_beta.items())]
+    """DPO_SERIES's points, from `align eval` records."""
+    by_name = {Path(r["model"]).name: r for r in records}
+    return [{"model": name, "kl": max(by_name[name]["kl"], 0.0), "gold_reward": by_name[name]["gold_reward"]}
+            for name in DPO_SERIES if name in by_name]
 
 
 def pass_at_1(path):
@@ -88,12 +89,22 @@ def mean_ci(values):
     return m, (m - half, m + half)
 
 
-def plot(curves, fits, out_png):
+def pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
+    return plt
 
+
+def save(plt, fig, out_png):
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def plot(curves, fits, out_png):
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), squeeze=False)
     for ax, (name, (form, curve)) in zip(axes[0], curves.items()):
         d = np.sqrt([p["kl"] for p in curve])
@@ -107,18 +118,26 @@ def plot(curves, fits, out_png):
         ax.set(title=name, xlabel="d = sqrt(KL to SFT), sqrt(nats)", ylabel="reward - SFT's reward")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save(plt, fig, out_png)
+
+
+def plot_gold_vs_kl(curves, out_png):
+    """Every method's gold reward against KL on one axis: the matched-KL comparison as a picture."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, curve in curves.items():
+        pts = sorted(curve, key=lambda p: p["kl"])
+        ax.plot([p["kl"] for p in pts], [p["gold_reward"] for p in pts], "o-", label=name, alpha=0.8)
+    ax.set(xlabel="KL(policy || SFT), nats per answer", ylabel="gold reward (VADER), mean",
+           title="gold reward against KL: best-of-n, PPO, GRPO (proxy reward), DPO")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save(plt, fig, out_png)
 
 
 def plot_addition(runs, out_png):
     """The held-out reward (= pass@1, one eval seed) at each evaluation of each GRPO seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
         evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
@@ -126,9 +145,7 @@ def plot_addition(runs, out_png):
     ax.set(xlabel="GRPO step", ylabel="pass@1 on 200 held-out problems", title="GRPO on 3-digit addition")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    save(plt, fig, out_png)
 
 
 def main():
@@ -146,6 +163,8 @@ def main():
     evals = read_jsonl(Path("bench/results/stage5/eval.jsonl")) + read_jsonl(out / "eval.jsonl")
     matched = {name: [at_kl(curve, kl) for kl in KL_TARGETS] for name, (_, curve) in curves.items()}
     matched["DPO"] = [at_kl(dpo_curve(evals), kl) for kl in KL_TARGETS]
+    plot_gold_vs_kl({**{k: c for k, (_, c) in curves.items()}, "DPO (beta 0.2, stopped early)": dpo_curve(evals)},
+                    out / "gold_vs_kl.png")
     adds = {}
     if (work / "add-sft.passk.jsonl").is_file():
         adds["SFT"] = pass_at_1(work / "add-sft.passk.jsonl")
@@ -172,9 +191,9 @@ def markdown(s):
     for name, by_key in s["fits"].items():
         for key, f in by_key.items():
             b = f["best_measured"]
+            peak = f"{f['peak_d']:.2f} ({f['peak_kl']:.1f})" if f["beta"] > 0 else "none: beta <= 0, still rising"
             lines.append(f"| {name} | {'gold' if key == 'gold_reward' else 'proxy'} | {f['alpha']:.3f} | "
-                         f"{f['beta']:.3f} | {f['peak_d']:.2f} ({f['peak_kl']:.1f}) | {f['rmse']:.3f} | "
-                         f"{b['kl']:.2f}, {b[key]:+.3f} |")
+                         f"{f['beta']:.3f} | {peak} | {f['rmse']:.3f} | {b['kl']:.2f}, {b[key]:+.3f} |")
     lines += ["", "## Gold reward at matched KL (nats per answer; interpolated along each method's curve)", "",
               "| method | " + " | ".join(f"KL {k}" for k in s["kl_targets"]) + " |",
               "| --- |" + " --- |" * len(s["kl_targets"])]

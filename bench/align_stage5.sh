@@ -18,14 +18,7 @@ SEEDS="1 2"
 RM_PAIRS="50 100 200 400 800"
 RM2_PAIRS="${RM2_PAIRS:-400 1600 3200}"
 
-timed() {  # timed NAME CMD...: run, log the command and its wall / CPU seconds
-    local name=$1; shift
-    local t0; t0=$(date +%s.%N)
-    /usr/bin/time -f "%U %S" -o "$W/$name.cpu" "$@" > "$W/$name.log" 2>&1
-    local wall; wall=$(echo "$(date +%s.%N) - $t0" | bc)
-    read -r user sys < "$W/$name.cpu"
-    printf "%s\t%.0f\t%.0f\t%s\n" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$*" >> "$RES/times.tsv"
-}
+source bench/timed.sh  # timed NAME CMD...
 
 step_base() {  # the character model every run starts from (context 128: a speech fits)
     timed base mini-llm train --preset shakespeare-char-cpu --block-size 128 --max-iters 1200 \
