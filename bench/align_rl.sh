@@ -4,7 +4,7 @@
 # and GRPO on the verifiable addition task (3 seeds). Each step appends its command, wall and
 # CPU seconds to $RES/times.tsv.
 #
-#   bash bench/align_rl.sh [STEP ...]    steps: bon ppo grpo dpo eval addition report
+#   bash bench/align_rl.sh [STEP ...]    steps: bon ppo grpo dpo dpo_early eval addition report
 #                                        (default: all, in that order)
 # Needs the runs of bench/align_stage5.sh in $ALIGN (default /tmp/align: the SFT model, the
 # proxy reward model rm2-3200, the gold-labelled pairs). RL runs go to $WORK (default /tmp/rl);
@@ -21,18 +21,11 @@ PROMPTS=(--prompts "$A/data/sft_train.jsonl" --eval-prompts "$A/data/sft_val.jso
 ADD_SEEDS="1 2 3"
 mkdir -p "$W" "$RES"
 
-timed() {  # timed NAME CMD...: run, log the command and its wall / CPU seconds
-    local name=$1; shift
-    local t0; t0=$(date +%s.%N)
-    /usr/bin/time -f "%U %S" -o "$W/$name.cpu" "$@" > "$W/$name.log" 2>&1
-    local wall; wall=$(echo "$(date +%s.%N) - $t0" | bc)
-    read -r user sys < "$W/$name.cpu"
-    printf "%s\t%.0f\t%.0f\t%s\n" "$name" "$wall" "$(echo "$user + $sys" | bc)" "$*" >> "$RES/times.tsv"
-}
+source bench/timed.sh  # timed NAME CMD...
 
-step_bon() {  # 256 answers per prompt: best of 1 .. 256, KL 0 .. 4.55 nats
+step_bon() {  # 2048 answers per prompt: best of 1 .. 2048, KL 0 .. 6.6 nats
     timed bon mini-llm align best-of-n --model "$SFT" --reward "$RM" --prompts "$A/data/sft_val.jsonl" \
-        --samples 256 --n 1 2 4 8 16 32 64 128 256 --seed 7 --out "$RES/best_of_n.json"
+        --samples 2048 --n 1 2 4 8 16 32 64 128 256 512 1024 2048 --seed 7 --out "$RES/best_of_n.json"
 }
 step_ppo() {  # a weak KL penalty, so the policy travels far enough for the gold reward to turn
     timed ppo mini-llm align ppo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" --kl-coef 0.01 \
@@ -40,16 +33,24 @@ step_ppo() {  # a weak KL penalty, so the policy travels far enough for the gold
 }
 step_grpo() {
     timed grpo mini-llm align grpo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" \
-        --max-new-tokens 96 --max-iters 120 --eval-interval 10 --lr 5e-5 --min-lr 5e-5 --out "$W/grpo-proxy"
+        --max-new-tokens 96 --max-iters 300 --eval-interval 20 --lr 5e-5 --min-lr 5e-5 --out "$W/grpo-proxy"
 }
-step_dpo() {  # larger betas than part 1's, for DPO points at the KL the other methods reach
+step_dpo() {  # larger betas than part 1's: under Adam they do not bring DPO's KL down
     for beta in 5.0 20.0; do
         timed "dpo_b$beta" mini-llm align dpo --base "$SFT" --data "$A/pairs_3200.jsonl" --val-data "$A/pairs_val.jsonl" \
             --beta "$beta" --seed 1 --max-iters 100 --out "$W/dpo-b$beta"
     done
 }
+step_dpo_early() {  # part 1's DPO (beta 0.2, 800 pairs) stopped early: DPO points at low KL
+    for iters in 5 10 20 40; do
+        timed "dpo_early_$iters" mini-llm align dpo --base "$SFT" --data "$A/pairs_train.jsonl" \
+            --val-data "$A/pairs_val.jsonl" --beta 0.2 --seed 1 --max-iters "$iters" --warmup-iters 2 \
+            --eval-interval "$iters" --out "$W/dpo-b0.2-it$iters"
+    done
+}
 step_eval() {  # every final model measured as part 1 measured DPO: same prompts, seed, sampling
     timed eval mini-llm align eval --models "$W/ppo-proxy" "$W/grpo-proxy" "$W/dpo-b5.0" "$W/dpo-b20.0" \
+        "$W"/dpo-b0.2-it{5,10,20,40} \
         --reference "$SFT" --prompts "$A/data/sft_val.jsonl" --seed 7 --out "$RES/eval.jsonl"
 }
 step_addition() {  # GRPO on the verifiable task, 3 seeds; pass@1 of SFT and of each GRPO model
@@ -80,5 +81,5 @@ step_report() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(bon ppo grpo dpo eval addition report)
+[ ${#steps[@]} -eq 0 ] && steps=(bon ppo grpo dpo dpo_early eval addition report)
 for s in "${steps[@]}"; do "step_$s"; done

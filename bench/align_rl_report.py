@@ -191,7 +191,10 @@ def markdown(s):
     for name, by_key in s["fits"].items():
         for key, f in by_key.items():
             b = f["best_measured"]
-            peak = f"{f['peak_d']:.2f} ({f['peak_kl']:.1f})" if f["beta"] > 0 else "none: beta <= 0, still rising"
+            reach = 3 * math.sqrt(max(p["kl"] for p in s["curves"][name]))
+            peak = ("none: beta <= 0, still rising" if f["beta"] <= 0 else
+                    f"beyond d = {reach:.1f}, 3x the largest measured" if f["peak_d"] > reach else
+                    f"{f['peak_d']:.2f} ({f['peak_kl']:.1f})")
             lines.append(f"| {name} | {'gold' if key == 'gold_reward' else 'proxy'} | {f['alpha']:.3f} | "
                          f"{f['beta']:.3f} | {peak} | {f['rmse']:.3f} | {b['kl']:.2f}, {b[key]:+.3f} |")
     lines += ["", "## Gold reward at matched KL (nats per answer; interpolated along each method's curve)", "",
