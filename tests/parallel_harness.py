@@ -30,7 +30,8 @@ def tiny_config(family):
                      **FAMILIES[family])
 
 
-def train_tiny(out, family, grad_accum, strategy=None, batch_size=4, steps=STEPS, resume=False):
+def train_tiny(out, family, grad_accum, strategy=None, batch_size=4, steps=STEPS, resume=False,
+               split_batch=1, grad_clip=1.0):
     """Train to `steps` steps (resume: from the checkpoint in `out`); returns (checkpoint,
     bytes sent in the last step, payload per kind)."""
     rng = np.random.default_rng(0)
@@ -38,7 +39,8 @@ def train_tiny(out, family, grad_accum, strategy=None, batch_size=4, steps=STEPS
                                     val=rng.integers(0, 65, 400).astype(np.uint16))
     cfg = TrainConfig(out=str(out), batch_size=batch_size, grad_accum=grad_accum, max_iters=steps,
                       warmup_iters=1, eval_interval=100, eval_iters=1, log_interval=1,
-                      sample_tokens=0, device="cpu", dtype="float32")
+                      sample_tokens=0, device="cpu", dtype="float32",
+                      split_batch=split_batch, grad_clip=grad_clip)
     config = tiny_config(family)
     tokenizer = CharTokenizer([chr(32 + i) for i in range(65)])
     ckpt = load_checkpoint(Path(out) / "ckpt.safetensors") if resume else None

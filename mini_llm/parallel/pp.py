@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import GPT
-from ..optim import clip_grad_norm
+from ..optim import clip_grad_norm, square_sum
 from . import comm
 from .strategy import Snapshot, Strategy
 
@@ -182,10 +182,10 @@ class Pipeline(Strategy):
         """The one-process norm, bitwise: every tensor's squared sum, summed in the order one
         process sums them (a stage adds zeros for the tensors it does not hold)."""
         own = self.owned(model)
-        squares = torch.zeros(len(self.names), device=self.world.device)
+        squares = torch.zeros(len(self.names), dtype=torch.float64, device=self.world.device)
         for i, name in enumerate(self.names):
             if name in own and own[name].grad is not None:
-                squares[i] = (own[name].grad.float() ** 2).sum()
+                squares[i] = square_sum(own[name].grad)
         dist.all_reduce(squares)  # a few floats: left out of the byte counts
         total = torch.sqrt(sum(squares[i] for i in range(len(self.names))))
         return clip_grad_norm(model.parameters(), max_norm, total)

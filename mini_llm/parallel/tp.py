@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..optim import clip_grad_norm
+from ..optim import clip_grad_norm, square_sum
 from . import comm
 from .strategy import Snapshot, Strategy
 
@@ -184,10 +184,10 @@ class TensorParallel(Strategy):
         summed over the ranks."""
         sharded = {id(p) for p in sharded_params(model)}
         params = [p for p in model.parameters() if p.grad is not None]
-        zero = torch.zeros((), device=self.world.device)
-        split = sum(((p.grad.float() ** 2).sum() for p in params if id(p) in sharded), zero)
+        zero = torch.zeros((), dtype=torch.float64, device=self.world.device)
+        split = sum((square_sum(p.grad) for p in params if id(p) in sharded), zero)
         dist.all_reduce(split, group=self.group)  # one float: left out of the byte counts
-        whole = sum((p.grad.float() ** 2).sum() for p in params if id(p) not in sharded)
+        whole = sum((square_sum(p.grad) for p in params if id(p) not in sharded), zero)
         return clip_grad_norm(params, max_norm, torch.sqrt(whole + split))
 
     def for_checkpoint(self, model, optimizer):
