@@ -13,8 +13,10 @@ import pytest
 from mini_llm.checkpoint import load_checkpoint
 from mini_llm.cli import main
 from mini_llm.errors import ConfigError
+from mini_llm.parallel import CANNOT_RESUME
 from mini_llm.parallel.groups import free_port
 from mini_llm.parallel.strategy import split_rows
+from mini_llm.train import TrainConfig, resumed_config
 
 
 def mini_llm(*args, **kwargs):
@@ -27,6 +29,25 @@ def test_a_batch_that_does_not_split():
 
     with pytest.raises(ConfigError, match="batch of 5 sequences does not split over 2 ranks"):
         split_rows(torch.zeros(5, 3), 0, 2)
+
+
+@pytest.mark.parametrize("name", CANNOT_RESUME)
+def test_resuming_tensor_or_pipeline_parallel_is_refused(name):
+    """Their shards would need the checkpoint's AdamW state cut as the model is: refused before
+    anything runs, whether the checkpoint's run used the strategy or the resume asks for it."""
+    import dataclasses
+    import types
+
+    def checkpoint(parallel):
+        return types.SimpleNamespace(meta={"iter": 5, "train_config": dataclasses.asdict(
+            TrainConfig(parallel=parallel))}, optimizer_state={"state": {}, "param_groups": []})
+
+    message = f"--resume with --parallel {name} is not implemented"
+    with pytest.raises(ConfigError, match=message):
+        resumed_config(checkpoint(name), "run", {"max_iters": 10})
+    with pytest.raises(ConfigError, match=message):
+        resumed_config(checkpoint("ddp"), "run", {"max_iters": 10, "parallel": name})
+    assert resumed_config(checkpoint(name), "run", {"max_iters": 10, "parallel": "ddp"}).parallel == "ddp"
 
 
 def test_port_in_use(capsys):

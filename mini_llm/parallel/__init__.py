@@ -4,6 +4,10 @@ costs.py). The launcher (`mini-llm train --nproc-per-node N --parallel NAME`): l
 planner (`mini-llm parallel plan`): plan.py."""
 
 STRATEGY_NAMES = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch", "tp", "pp", "pp-gpipe")
+# A checkpoint holds the whole model and AdamW state, as one process would. Loading it into
+# tensor parallel's shards or a pipeline stage's layers is not written yet: a resumed run with
+# these strategies is refused (the data-parallel ones, or one process, resume the same file).
+CANNOT_RESUME = ("tp", "pp", "pp-gpipe")
 
 
 def make_strategy(name, world, global_batch=None, **options):
