@@ -13,11 +13,9 @@ import torch
 from ranks import fresh_model, run_ranks, tiny_config, train_cases, train_frozen, train_tiny
 
 from mini_llm.model import GPT
-from mini_llm.parallel import STRATEGY_NAMES
+from mini_llm.parallel import DATA_PARALLEL
 
-# The data-parallel strategies; tensor and pipeline parallel have their own files
-# (test_parallel_tp.py, test_parallel_pp.py).
-DATA_PARALLEL = [name for name in STRATEGY_NAMES if name not in ("tp", "pp", "pp-gpipe")]
+# Tensor and pipeline parallel have their own files (test_parallel_tp.py, test_parallel_pp.py).
 CASES_2 = [(name, family, accum, ()) for name in DATA_PARALLEL
            for family in ("gpt2", "llama") for accum in (1, 4)]
 CASES_2 += [("ddp", family, 4, (("bucket_bytes", 0),)) for family in ("gpt2", "llama")]

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model import GPT
+from ..parallel import DATA_PARALLEL
 from ..parallel.ddp import BUCKET_BYTES, group_by_bytes
 from ..parallel.plan import data_parallel_states, padded
 from .predict import predict_training_memory
@@ -44,6 +45,9 @@ def predict_parallel_memory(config, global_batch, strategy, ranks, backend="gloo
     `global_batch` sequences (settings: as predict_training_memory). backend "gloo": its
     reduce-scatter and all-gather allocate a scratch copy of the full tensor (measured on
     CPU); NCCL's work in place."""
+    if strategy not in DATA_PARALLEL:
+        raise ConfigError(f"{strategy} is not data parallel: `mini-llm parallel plan` predicts "
+                          "tensor and pipeline parallel's memory per rank")
     scratch = 1 if backend == "gloo" else 0
     base = predict_training_memory(config, global_batch // ranks, **settings)
     with torch.device("meta"):

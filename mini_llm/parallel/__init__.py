@@ -3,11 +3,12 @@ training loop: strategy.py. The process groups: groups.py. Bytes sent: comm.py (
 costs.py). The launcher (`mini-llm train --nproc-per-node N --parallel NAME`): launch.py. The
 planner (`mini-llm parallel plan`): plan.py."""
 
-STRATEGY_NAMES = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch", "tp", "pp", "pp-gpipe")
-# A checkpoint holds the whole model and AdamW state, as one process would. Loading it into
-# tensor parallel's shards or a pipeline stage's layers is not written yet: a resumed run with
-# these strategies is refused (the data-parallel ones, or one process, resume the same file).
-CANNOT_RESUME = ("tp", "pp", "pp-gpipe")
+DATA_PARALLEL = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch")  # the batch split
+# The model split: tensor parallel, pipeline parallel. A checkpoint holds the whole model and
+# AdamW state, as one process would; loading it into their shards and stages is not written
+# yet, so a resumed run refuses them (a data-parallel strategy resumes the same file).
+MODEL_PARALLEL = ("tp", "pp", "pp-gpipe")
+STRATEGY_NAMES = DATA_PARALLEL + MODEL_PARALLEL
 
 
 def make_strategy(name, world, global_batch=None, **options):
