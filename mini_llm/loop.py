@@ -70,7 +70,7 @@ class SingleProcess:
     to float rounding (docs/stage-4-parallel.md)."""
 
     is_main = True
-    slices = 1
+    slices = 1  # what a strategy, which runs its one slice, inherits
 
     def __init__(self, slices=1):
         self.slices = slices
