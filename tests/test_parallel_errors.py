@@ -31,6 +31,13 @@ def test_a_batch_that_does_not_split():
         split_rows(torch.zeros(5, 3), 0, 2)
 
 
+def test_split_batch_needs_equal_slices_and_one_process():
+    with pytest.raises(ConfigError, match="--batch-size 12 does not split into 5 equal slices"):
+        TrainConfig(batch_size=12, split_batch=5)
+    with pytest.raises(ConfigError, match="--split-batch is for one process"):
+        TrainConfig(batch_size=12, split_batch=2, parallel="ddp")
+
+
 @pytest.mark.parametrize("name", MODEL_PARALLEL)
 def test_resuming_tensor_or_pipeline_parallel_is_refused(name):
     """Their shards would need the checkpoint's AdamW state cut as the model is: refused before
