@@ -13,7 +13,7 @@ import pytest
 from mini_llm.checkpoint import load_checkpoint
 from mini_llm.cli import main
 from mini_llm.errors import ConfigError
-from mini_llm.parallel import MODEL_PARALLEL
+from mini_llm.parallel import CANNOT_RESUME
 from mini_llm.parallel.groups import free_port
 from mini_llm.parallel.strategy import split_rows
 from mini_llm.train import TrainConfig, resumed_config
@@ -38,10 +38,10 @@ def test_split_batch_needs_equal_slices_and_one_process():
         TrainConfig(batch_size=12, split_batch=2, parallel="ddp")
 
 
-@pytest.mark.parametrize("name", MODEL_PARALLEL)
-def test_resuming_tensor_or_pipeline_parallel_is_refused(name):
-    """Their shards would need the checkpoint's AdamW state cut as the model is: refused before
-    anything runs, whether the checkpoint's run used the strategy or the resume asks for it."""
+@pytest.mark.parametrize("name", CANNOT_RESUME)
+def test_resuming_pipeline_parallel_is_refused(name):
+    """A stage's optimizer would need the checkpoint's AdamW state cut to its layers: refused
+    before anything runs, whether the checkpoint's run used pp or the resume asks for it."""
     import dataclasses
     import types
 
