@@ -31,7 +31,7 @@ from .loop import Run, SingleProcess, Task, finish, fit, seeded
 from .memory import check_training_fits
 from .model import GPT, GPTConfig
 from .optim import AdamW
-from .parallel import CANNOT_RESUME, STRATEGY_NAMES, groups, make_strategy
+from .parallel import STRATEGY_NAMES, groups, make_strategy
 from .tokenizer import Tokenizer
 
 
@@ -203,10 +203,6 @@ def resumed_config(ckpt, out, changes):
         cfg = TrainConfig(**{**ckpt.meta["train_config"], **changes, "out": str(out)})
     except TypeError as e:
         raise CheckpointError(f"{out}: settings this version does not know ({e})") from None
-    if cfg.parallel in CANNOT_RESUME:
-        raise ConfigError(f"--resume with --parallel {cfg.parallel} is not implemented; the checkpoint "
-                          "holds the whole model, so another strategy resumes it: add --parallel "
-                          "ddp (or zero1, zero2, fsdp, tp)")
     if cfg.max_iters <= ckpt.meta["iter"]:
         raise ConfigError(f"{out} is at iteration {ckpt.meta['iter']}: pass a larger --max-iters "
                           f"(got {cfg.max_iters})")

@@ -13,10 +13,9 @@ import pytest
 from mini_llm.checkpoint import load_checkpoint
 from mini_llm.cli import main
 from mini_llm.errors import ConfigError
-from mini_llm.parallel import CANNOT_RESUME
 from mini_llm.parallel.groups import free_port
 from mini_llm.parallel.strategy import split_rows
-from mini_llm.train import TrainConfig, resumed_config
+from mini_llm.train import TrainConfig
 
 
 def mini_llm(*args, **kwargs):
@@ -36,25 +35,6 @@ def test_split_batch_needs_equal_slices_and_one_process():
         TrainConfig(batch_size=12, split_batch=5)
     with pytest.raises(ConfigError, match="--split-batch is for one process"):
         TrainConfig(batch_size=12, split_batch=2, parallel="ddp")
-
-
-@pytest.mark.parametrize("name", CANNOT_RESUME)
-def test_resuming_pipeline_parallel_is_refused(name):
-    """A stage's optimizer would need the checkpoint's AdamW state cut to its layers: refused
-    before anything runs, whether the checkpoint's run used pp or the resume asks for it."""
-    import dataclasses
-    import types
-
-    def checkpoint(parallel):
-        return types.SimpleNamespace(meta={"iter": 5, "train_config": dataclasses.asdict(
-            TrainConfig(parallel=parallel))}, optimizer_state={"state": {}, "param_groups": []})
-
-    message = f"--resume with --parallel {name} is not implemented"
-    with pytest.raises(ConfigError, match=message):
-        resumed_config(checkpoint(name), "run", {"max_iters": 10})
-    with pytest.raises(ConfigError, match=message):
-        resumed_config(checkpoint("ddp"), "run", {"max_iters": 10, "parallel": name})
-    assert resumed_config(checkpoint(name), "run", {"max_iters": 10, "parallel": "ddp"}).parallel == "ddp"
 
 
 def test_port_in_use(capsys):

@@ -6,10 +6,6 @@ planner (`mini-llm parallel plan`): plan.py."""
 DATA_PARALLEL = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch")  # the batch split
 MODEL_PARALLEL = ("tp", "pp", "pp-gpipe")  # the model split: tensor, pipeline parallel
 STRATEGY_NAMES = DATA_PARALLEL + MODEL_PARALLEL
-# A checkpoint holds the whole model and AdamW state, as one process would; a strategy cuts it
-# as it cuts the model. A pipeline stage's optimizer, which holds its layers only, does not
-# load it yet: a resumed run refuses pp (another strategy resumes the same file).
-CANNOT_RESUME = ("pp", "pp-gpipe")
 
 
 def make_strategy(name, world, global_batch=None, **options):
