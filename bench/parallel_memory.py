@@ -19,7 +19,7 @@ import torch
 from mini_llm.memory import MIB, cpu_peak_bytes
 from mini_llm.memory.parallel import predict_parallel_memory
 from mini_llm.model import GPT, GPTConfig
-from mini_llm.parallel import STRATEGY_NAMES, groups
+from mini_llm.parallel import DATA_PARALLEL, groups
 from mini_llm.parallel.launch import spawn
 from parallel_step_time import wrapped
 from train_vs_nanogpt import machine
@@ -46,7 +46,7 @@ def measure_ranks(rank, size, out):
     torch.set_num_threads(1)
     world = groups.init("cpu")
     config = GPTConfig(**CONFIG)
-    peaks = {name: cpu_peak_bytes(lambda: two_steps(world, name, config)) for name in STRATEGY_NAMES}
+    peaks = {name: cpu_peak_bytes(lambda: two_steps(world, name, config)) for name in DATA_PARALLEL}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(peaks))
     groups.destroy()
 
@@ -63,7 +63,7 @@ def main():
         folder.mkdir()
         spawn(measure_ranks, size, folder, timeout_s=600)
         measured = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(size)]
-        for name in STRATEGY_NAMES:
+        for name in DATA_PARALLEL:
             pred = predict_parallel_memory(config, GLOBAL_BATCH, name, size)
             rows.append({"strategy": name, "ranks": size, "predicted": vars(pred),
                          "measured_per_rank": [m[name] for m in measured]})

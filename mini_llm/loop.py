@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from . import nvtx
 from .checkpoint import FILE_NAME, save_checkpoint
-from .errors import DivergedError
+from .errors import ConfigError, DivergedError
 from .files import atomic_write_bytes
 from .optim import clip_grad_norm, lr_at
 from .plot import plot_runs, read_metrics
@@ -60,9 +60,20 @@ class SingleProcess:
     """How the processes of a run cooperate when there is one. A parallel strategy replaces
     it (mini_llm/parallel/strategy.py): it gives each rank its part of the batch, syncs
     gradients only on the last micro-batch, clips by the norm over all ranks, averages what is
-    logged, gathers sharded state for the checkpoint, and lets rank 0 alone print, log and save."""
+    logged, gathers sharded state for the checkpoint, and lets rank 0 alone print, log and save.
+
+    slices=N: each micro-batch runs as N forwards and backwards of B/N rows, their gradients
+    summed: the same batch in less activation memory, and the arithmetic N data-parallel ranks
+    do (rank r's slice is rows [r B/N, (r+1) B/N), split_rows). For N = 2 the gradient is
+    g0/2 + g1/2, which is ddp's (g0 + g1)/2 to the bit: scaling by a power of two is exact and
+    a + b = b + a. A plain one-process run sums all B rows in one matmul: the same gradient up
+    to float rounding (docs/stage-4-parallel.md)."""
 
     is_main = True
+    slices = 1  # what a strategy, which runs its one slice, inherits
+
+    def __init__(self, slices=1):
+        self.slices = slices
 
     def local_batch(self, batch):
         """This rank's part of the global micro-batch."""
@@ -180,18 +191,31 @@ def micro_batches(run, task, it):
     """cfg.grad_accum forwards and backwards, the gradients summed in .grad; returns the mean
     loss and metrics (tensors)."""
     cfg, model = run.cfg, run.step_model or run.model
+    slices = run.ranks.slices  # 1 on the ranks of a strategy: each runs its one slice
     step_loss, step_values = 0.0, {}
     for micro in range(cfg.grad_accum):
         batch = run.ranks.local_batch(task.batch(it, micro))
-        with run.ranks.micro_batch(last=micro == cfg.grad_accum - 1):
-            with nvtx.range("forward"), run.autocast:
-                loss, values = task.loss(model, batch)
-            with nvtx.range("backward"):
-                (loss / cfg.grad_accum).backward()
-        step_loss += loss.detach() / cfg.grad_accum
-        for name, value in values.items():
-            step_values[name] = step_values.get(name, 0.0) + value.detach() / cfg.grad_accum
+        for k in range(slices):
+            piece = batch if slices == 1 else tuple(split_rows(t, k, slices) for t in batch)
+            with run.ranks.micro_batch(last=micro == cfg.grad_accum - 1 and k == slices - 1):
+                with nvtx.range("forward"), run.autocast:
+                    loss, values = task.loss(model, piece)
+                with nvtx.range("backward"):
+                    (loss / cfg.grad_accum / slices).backward()
+            step_loss += loss.detach() / cfg.grad_accum / slices
+            for name, value in values.items():
+                step_values[name] = step_values.get(name, 0.0) + value.detach() / cfg.grad_accum / slices
     return step_loss, step_values
+
+
+def split_rows(t, rank, size):
+    """Rows [rank B/size, (rank+1) B/size) of t: a data-parallel rank's slice of a batch (or
+    one of the slices of SingleProcess(slices)); B must divide by size."""
+    if t.size(0) % size:
+        raise ConfigError(f"a batch of {t.size(0)} sequences does not split "
+                          f"over {size} ranks; use a --batch-size that divides by {size}")
+    n = t.size(0) // size
+    return t[rank * n:(rank + 1) * n]
 
 
 @torch.no_grad()

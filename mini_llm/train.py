@@ -16,7 +16,7 @@ Files in the run folder (--out):
 
 import dataclasses
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from .data import TINY_SHAKESPEARE, get_batch, prepare_dataset
 from .errors import CheckpointError, ConfigError, DataError
 from .files import check_output_folder, fetch, lock_folder
 from .generate import default_prompt, generate
-from .loop import Run, Task, finish, fit, seeded
+from .loop import Run, SingleProcess, Task, finish, fit, seeded
 from .memory import check_training_fits
 from .model import GPT, GPTConfig
 from .optim import AdamW
@@ -37,7 +37,7 @@ from .tokenizer import Tokenizer
 
 # What --resume may change; everything else comes from the checkpoint.
 RESUME_MAY_CHANGE = ("data", "max_iters", "device", "dtype", "compile", "kernels", "log_interval",
-                     "sample_tokens", "nvtx", "activation_checkpointing", "parallel")
+                     "sample_tokens", "nvtx", "activation_checkpointing", "parallel", "split_batch")
 
 
 @dataclass
@@ -68,9 +68,13 @@ class TrainConfig:
     nvtx: bool = False  # NVTX ranges per step, forward/backward/optimizer, layer and op
     activation_checkpointing: bool = False  # blocks recompute their activations in backward
     parallel: str | None = None  # a strategy of mini_llm/parallel (ranks started by torchrun)
+    split_batch: int = field(default=1, metadata={"help": (
+        "one process: run each micro-batch as N forwards and backwards of --batch-size / N rows, "
+        "gradients summed: the same batch in less activation memory, and with N = 2 the same "
+        "arithmetic as `--parallel ddp` on 2 ranks, to the bit (docs/stage-4-parallel.md)")})
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+        for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval", "split_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
@@ -85,6 +89,10 @@ class TrainConfig:
             self.lr_decay_iters = self.max_iters
         if self.parallel is not None and self.parallel not in STRATEGY_NAMES:
             raise ConfigError(f"parallel must be one of {', '.join(STRATEGY_NAMES)}, got {self.parallel!r}")
+        if self.split_batch > 1 and self.parallel is not None:
+            raise ConfigError("--split-batch is for one process; with --parallel the ranks split the batch")
+        if self.batch_size % self.split_batch:
+            raise ConfigError(f"--batch-size {self.batch_size} does not split into {self.split_batch} equal slices")
 
 
 def train(model_overrides, cfg, resume=None):
@@ -107,7 +115,7 @@ def train(model_overrides, cfg, resume=None):
     strategy = parallel_strategy(cfg)  # None: one process
     device, dtype, autocast = resolve_device(strategy.world.device if strategy else cfg.device, cfg.dtype)
     cfg = dataclasses.replace(cfg, dtype=dtype)
-    per_rank = cfg.batch_size // strategy.world.size if strategy else cfg.batch_size  # --batch-size is global
+    per_rank = cfg.batch_size // (strategy.world.size if strategy else cfg.split_batch)  # rows per forward
     check_training_fits(config, per_rank, device, dtype, kernels, cfg.activation_checkpointing)
 
     run = new_run(cfg, config, dataset.tokenizer, device, autocast, ckpt, strategy)
@@ -264,7 +272,7 @@ def new_run(cfg, config, tokenizer, device, autocast, ckpt=None, strategy=None):
     if cfg.compile:
         step_model = torch.compile(step_model or model)
     return Run(cfg, model, optimizer, Path(cfg.out), meta, start=start, autocast=autocast,
-               step_model=step_model, **({"ranks": strategy} if strategy else {}))
+               step_model=step_model, ranks=strategy or SingleProcess(cfg.split_batch))
 
 
 def restore(cfg, load_state_dict, state):

@@ -1,26 +1,40 @@
-"""Run a function on N gloo ranks, in fresh processes, for the parallel tests; and the small
-language-modelling run they compare with one process.
+"""What the parallel tests share: running a function on N gloo ranks, the tiny GPTs of both
+block families, and the small training runs they compare with one process.
 
     results = run_ranks(fn, 2, arg)   # fn(arg) on ranks 0 and 1; [result of rank 0, of rank 1]
 
 Each rank joins a process group on a free port, with one CPU thread (the ranks share the
 machine's cores). A rank that raises fails the caller with its traceback; ranks still running
 after `timeout` seconds (a hang) are killed and the caller fails, naming them.
+
+Two kinds of run, both with dropout 0 (the loop seeds dropout per iteration, and a rank's
+slice would draw other masks than one process draws):
+  train(model, cfg, task, ranks)    the shared loop's optimizer steps on random_tokens, from a
+                                    model made here (tensor and pipeline parallel wrap it)
+  train_tiny(out, family, ...)      `mini-llm train`'s own path: train.new_run, the loop's fit,
+                                    its checkpoint and resume, on a random-token dataset
 """
 
 import os
 import queue
 import traceback
+import types
+from contextlib import nullcontext
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mini_llm.loop import Run, SingleProcess, Task, optimizer_step, seeded
+from mini_llm.checkpoint import load_checkpoint
+from mini_llm.loop import Run, SingleProcess, Task, fit, optimizer_step, seeded
 from mini_llm.model import GPT, GPTConfig
 from mini_llm.optim import AdamW
+from mini_llm.parallel import comm, make_strategy
 from mini_llm.parallel.groups import World, free_port
-from mini_llm.train import TrainConfig
+from mini_llm.tokenizer import CharTokenizer
+from mini_llm.train import TrainConfig, language_modelling, new_run
 
 FAMILIES = {  # tiny models of both block families; GPT-2's head tied to its embedding
     "gpt2": dict(norm="layernorm", mlp="gelu", pos="learned", bias=True, tie_weights=True),
@@ -33,9 +47,9 @@ def tiny_config(family, **overrides):
                                dropout=0.0), **FAMILIES[family], **overrides})
 
 
-def settings(grad_accum, batch_size=4, iters=3):
-    return TrainConfig(batch_size=batch_size, grad_accum=grad_accum, max_iters=iters, lr=1e-2,
-                       min_lr=1e-3, warmup_iters=1, grad_clip=1.0, seed=7)
+def settings(grad_accum, batch_size=4, iters=3, **overrides):
+    return TrainConfig(**{**dict(batch_size=batch_size, grad_accum=grad_accum, max_iters=iters, lr=1e-2,
+                                 min_lr=1e-3, warmup_iters=1, grad_clip=1.0, seed=7), **overrides})
 
 
 def random_tokens(config, cfg):
@@ -79,6 +93,69 @@ def checkpoint_diff(model_state, optimizer_state, reference, reference_optimizer
     adam = max(float((optimizer_state["state"][i][k] - v).abs().max() / v.abs().max().clamp_min(1e-30))
                for i, state in ref_opt["state"].items() for k, v in state.items())
     return model, adam
+
+
+STEPS = 3  # optimizer steps of a train_tiny run
+
+
+def train_tiny(out, family, grad_accum, strategy=None, steps=STEPS, resume=False, split_batch=1):
+    """Train to `steps` steps with global batch 4 (resume: from the checkpoint in `out`);
+    returns (checkpoint, bytes sent in the last step, payload per kind)."""
+    rng = np.random.default_rng(0)
+    dataset = types.SimpleNamespace(train=rng.integers(0, 65, 4000).astype(np.uint16),
+                                    val=rng.integers(0, 65, 400).astype(np.uint16))
+    cfg = settings(grad_accum, iters=steps, lr=1e-3, min_lr=1e-4, seed=1337, out=str(out),
+                   eval_interval=100, eval_iters=1, log_interval=1, sample_tokens=0, device="cpu",
+                   dtype="float32", split_batch=split_batch)
+    config = tiny_config(family)
+    tokenizer = CharTokenizer([chr(32 + i) for i in range(65)])
+    ckpt = load_checkpoint(Path(out) / "ckpt.safetensors") if resume else None
+    run = new_run(cfg, config, tokenizer, "cpu", torch.autocast("cpu", enabled=False), ckpt, strategy)
+    fit(run, language_modelling(dataset, cfg, config.block_size, "cpu"))
+    if strategy is not None:
+        dist.barrier()  # rank 0 has written the checkpoint
+    return (load_checkpoint(Path(out) / "ckpt.safetensors"), comm.counter.last_step,
+            comm.counter.last_payload)
+
+
+def train_cases(out, cases):
+    """On each rank: train_tiny for every (strategy name, family, grad_accum, options) of
+    `cases`. Rank 0 saves {case: (model state, optimizer state, bytes, payload)}, and under
+    "frozen" train_frozen's result with ddp, to out/results.pt (hundreds of tensors would
+    each hold a file descriptor in run_ranks' result queue)."""
+    results = {}
+    for i, case in enumerate(cases):
+        name, family, accum, options = case
+        options = dict(options)
+        folder = Path(out) / f"case{i}"  # rank 0 writes the checkpoint, every rank reads it
+        if options.pop("resume", False):  # stop after step 1, then resume from the checkpoint
+            train_tiny(folder, family, accum, make_strategy(name, world(), 4 * accum), steps=1)
+        strategy = make_strategy(name, world(), 4 * accum, **options)
+        resumed = (folder / "ckpt.safetensors").exists()
+        ckpt, sent, payload = train_tiny(folder, family, accum, strategy, resume=resumed)
+        results[case] = (ckpt.model_state, ckpt.optimizer_state, sent, payload)
+    results["frozen"] = train_frozen(make_strategy("ddp", world(), 4))
+    if dist.get_rank() == 0:
+        torch.save(results, Path(out) / "results.pt")
+
+
+def train_frozen(strategy=None):
+    """STEPS plain optimizer steps of the tiny GPT with its position embedding frozen; returns
+    (parameters, bytes sent in the last step)."""
+    model = fresh_model(tiny_config("gpt2"))
+    model.wpe.weight.requires_grad_(False)
+    step_model = strategy.wrap(model) if strategy else model
+    optimizer = AdamW(model.param_groups(0.1), lr=1e-3)
+    for step in range(STEPS):
+        xy = [torch.randint(0, 65, (4, 16), generator=torch.Generator().manual_seed(step)) for _ in "xy"]
+        x, y = strategy.local_batch(xy) if strategy else xy
+        comm.counter.start_step()
+        with strategy.micro_batch(last=True) if strategy else nullcontext():
+            step_model(x, y)[1].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        comm.counter.end_step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, comm.counter.last_step
 
 
 def _rank_main(fn, rank, world, port, args, results):

@@ -15,6 +15,7 @@ from mini_llm.cli import main
 from mini_llm.errors import ConfigError
 from mini_llm.parallel.groups import free_port
 from mini_llm.parallel.strategy import split_rows
+from mini_llm.train import TrainConfig
 
 
 def mini_llm(*args, **kwargs):
@@ -27,6 +28,13 @@ def test_a_batch_that_does_not_split():
 
     with pytest.raises(ConfigError, match="batch of 5 sequences does not split over 2 ranks"):
         split_rows(torch.zeros(5, 3), 0, 2)
+
+
+def test_split_batch_needs_equal_slices_and_one_process():
+    with pytest.raises(ConfigError, match="--batch-size 12 does not split into 5 equal slices"):
+        TrainConfig(batch_size=12, split_batch=5)
+    with pytest.raises(ConfigError, match="--split-batch is for one process"):
+        TrainConfig(batch_size=12, split_batch=2, parallel="ddp")
 
 
 def test_port_in_use(capsys):

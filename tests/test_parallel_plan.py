@@ -87,7 +87,7 @@ def test_plan_equals_tp_and_pp_runs(world_size, families):
 
 def data_parallel_sent(families, accums):
     """{(family, strategy, grad_accum): (bytes this rank sent in a step, the planner's)} for the
-    data-parallel strategies (branch dp's ddp.py, zero.py, fsdp.py), micro-batches of 2 per rank."""
+    data-parallel strategies (ddp.py, zero.py, fsdp.py), micro-batches of 2 per rank."""
     from mini_llm.parallel import make_strategy
 
     out, ranks = {}, world()
@@ -108,7 +108,6 @@ def data_parallel_sent(families, accums):
 
 @pytest.mark.parametrize("world_size,families,accums", [(2, list(FAMILIES), [1, 2]), (4, ["gpt2"], [2])])
 def test_plan_equals_data_parallel_runs(world_size, families, accums):
-    pytest.importorskip("mini_llm.parallel.ddp", reason="the data-parallel strategies are on branch dp")
     for result in run_ranks(data_parallel_sent, world_size, families, accums):
         for case, (measured, planned_bytes) in result.items():
             assert measured == planned_bytes, case

@@ -10,7 +10,7 @@ from ..files import check_output_folder
 from ..memory import format_prediction, measure_training_memory, predict_training_memory
 from ..memory.parallel import format_parallel_memory
 from ..model import GPTConfig
-from ..parallel import STRATEGY_NAMES
+from ..parallel import DATA_PARALLEL
 from ..parallel.plan import GPUS, MODELS, Network, Shape, format_plan, plan
 from ..presets import PRESETS, default_preset, get_preset
 from ..profile import profile
@@ -97,7 +97,7 @@ def add_systems_commands(sub):
                    help=HELP["activation_checkpointing"])
     p.add_argument("--measure", action="store_true", help="also run two training steps on random "
                    "tokens and print the measured peak beside the prediction")
-    p.add_argument("--parallel", choices=STRATEGY_NAMES, help="per rank under this data-parallel "
+    p.add_argument("--parallel", choices=DATA_PARALLEL, help="per rank under this data-parallel "
                    "strategy (--batch-size: the global batch); measured: bench/parallel_memory.py")
     p.add_argument("--ranks", type=int, default=2, help="with --parallel: the number of ranks")
     p.set_defaults(func=cmd_memory)

@@ -3,7 +3,9 @@ training loop: strategy.py. The process groups: groups.py. Bytes sent: comm.py (
 costs.py). The launcher (`mini-llm train --nproc-per-node N --parallel NAME`): launch.py. The
 planner (`mini-llm parallel plan`): plan.py."""
 
-STRATEGY_NAMES = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch", "tp", "pp", "pp-gpipe")
+DATA_PARALLEL = ("ddp", "ddp-torch", "zero1", "zero2", "fsdp", "fsdp-torch")  # the batch split
+MODEL_PARALLEL = ("tp", "pp", "pp-gpipe")  # the model split: tensor, pipeline parallel
+STRATEGY_NAMES = DATA_PARALLEL + MODEL_PARALLEL
 
 
 def make_strategy(name, world, global_batch=None, **options):

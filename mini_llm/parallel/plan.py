@@ -11,7 +11,7 @@ runs count and hold (tests/test_parallel_plan.py, at 1, 2 and 4 ranks):
               step counter per tensor; zero1 shards AdamW's state, zero2 the gradients too,
               fsdp everything (plus the gathered root and one block); tp shards the blocks'
               matrices; pp keeps a stage's layers (the last stage a copy of a tied embedding).
-              Measured for tp and pp here; for ddp/zero/fsdp it follows branch dp's table.
+              Measured for tp and pp here; ddp/zero/fsdp's are data_parallel_states.
   activations what the backward needs, per layer and token (formula below), times the
               micro-batches a stage holds at once (GPipe: all M; 1F1B: p - stage).
   bytes       tp: 4 all-reduces of (b, T, C) per layer and micro-batch (forward in the compute
@@ -27,6 +27,7 @@ behind compute (an upper bound: the real strategies overlap part of it). MFU is 
 flops (6 N per token + attention) over the step time and the GPUs' peak.
 """
 
+import math
 from dataclasses import dataclass, replace
 
 from ..errors import ConfigError
@@ -224,8 +225,9 @@ def rank_plan(shape, layout, run, stage=0):
     if not 0 <= stage < layout.p:
         raise ConfigError(f"stage {stage} of a pipeline of {layout.p}")
     n, tensors, in_blocks = stage_params(shape, layout, stage)
-    d, P, blocks = layout.d, n * FP32, in_blocks * FP32
-    params, grads, adam = data_parallel_states(layout.dp, P, blocks, shape.n_layer // layout.p, d)
+    d, P, n_blocks = layout.d, n * FP32, shape.n_layer // layout.p
+    params, grads, adam = data_parallel_states(layout.dp, d, P - in_blocks * FP32,
+                                               in_blocks * FP32 // n_blocks, n_blocks, tensors)
     tokens = run.b * run.T
     acts = tokens * (shape.n_layer // layout.p) * layer_activation_bytes(shape, run, layout.t)
     if stage == layout.p - 1:
@@ -245,23 +247,40 @@ def rank_plan(shape, layout, run, stage=0):
             sent["pp tied embedding"] = all_reduce_bytes(shape.vocab * shape.n_embd * FP32, 2)
     if d > 1:
         sent[layout.dp] = data_parallel_bytes(layout.dp, P, in_blocks * FP32, d, run.accum)
-    steps = FP32 * tensors // (1 if layout.dp == "ddp" else d)  # AdamW's step counters
-    return RankPlan(params, grads, adam + steps, acts, sent)
+    return RankPlan(params, grads, adam, acts, sent)
 
 
-def data_parallel_states(kind, P, blocks, n_blocks, d):
-    """(parameter, gradient, AdamW m and v) bytes a rank holds under `kind`, P the bytes of the
-    parameters it would hold alone, `blocks` of them in its n_blocks blocks: the table of
-    memory/parallel.py (branch dp), without its padding to d equal shards. ZeRO keeps the full
-    parameters and its own shard beside them (zero1 also the full gradients and their shard);
-    fsdp its shard, plus the gathered root (embeddings, head) and the block being run."""
-    if kind == "ddp":
-        return P, P, 2 * P
-    if kind == "zero1":
-        return P + P // d, P + P // d, 2 * P // d
-    if kind == "zero2":
-        return P + P // d, P // d, 2 * P // d
-    return P // d + (P - blocks) + blocks // n_blocks, P // d, 2 * P // d
+def padded(n_bytes, d):
+    """float32 bytes padded up to d equal shards, as flat.py lays a flat buffer out."""
+    return math.ceil(n_bytes / (FP32 * d)) * FP32 * d
+
+
+def data_parallel_states(kind, d, root, block, n_blocks, tensors):
+    """(parameter, gradient, AdamW state) bytes one rank holds under `kind` on d ranks, for
+    float32 parameters of `root` bytes outside the blocks (embeddings, final norm, head) and
+    `block` bytes in each of n_blocks blocks, in `tensors` tensors. The one table of these
+    (memory/parallel.py predicts a rank's peak from it); Pp: P padded to d equal shards.
+
+                parameters                   gradients (at the step)   AdamW (m, v; a step each)
+      ddp       P                            P                         2 P + the steps
+      zero1     Pp + Pp/d                    Pp + Pp/d                 2 Pp/d + 1/d of the steps
+      zero2     Pp + Pp/d                    Pp/d                      2 Pp/d + 1/d of the steps
+      fsdp      Pp/d + the gathered root     Pp/d                      2 Pp/d + 1/d of the steps
+                and the block being run
+
+    ZeRO keeps the full parameters (views into its flat buffer) and its own shard beside them,
+    zero1 also the full gradients (a flat buffer, for accumulation) and their shard; fsdp pads
+    each unit (the root, each block) on its own. A step counter is 4 bytes per tensor, held by
+    the rank whose shard holds a piece of it (about 1/d of them)."""
+    P, steps = root + n_blocks * block, FP32 * tensors
+    if kind in ("ddp", "ddp-torch"):
+        return P, P, 2 * P + steps
+    if kind in ("zero1", "zero2"):
+        shard = padded(P, d) // d
+        grads = shard + (padded(P, d) if kind == "zero1" else 0)
+        return padded(P, d) + shard, grads, 2 * shard + steps // d
+    shard = (padded(root, d) + n_blocks * padded(block, d)) // d  # fsdp, fsdp-torch
+    return shard + padded(root, d) + padded(block, d), shard, 2 * shard + steps // d
 
 
 def data_parallel_bytes(kind, grads, block_params, d, accum):

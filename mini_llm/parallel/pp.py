@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import GPT
-from ..optim import clip_grad_norm
+from ..optim import clip_grad_norm, square_sum
 from . import comm
 from .strategy import Snapshot, Strategy
 
@@ -165,27 +165,57 @@ class Pipeline(Strategy):
         if not self.first:
             self.sends.append(comm.isend(h.grad, self.stage - 1))
 
-    def owned(self, model):
-        """{one-process name: parameter} of the tensors this stage holds, the last stage's copy
-        of a tied embedding left out (the first stage's is the one)."""
+    def named(self, model):
+        """{one-process name: parameter} of every tensor this stage holds."""
         own = {}
         for name, p in model.named_parameters():
             if name.startswith("h."):
                 i, rest = name[2:].split(".", 1)
                 name = f"h.{int(i) + self.stage * self.per}.{rest}"
             own[name] = p
+        return own
+
+    def owned(self, model):
+        """named(), the last stage's copy of a tied embedding left out (the first stage's is the
+        one)."""
+        own = self.named(model)
         if self.tied and self.last:
             own.pop("wte.weight")
         return own
+
+    def optimizer(self, param_groups, make_adamw):
+        """The project's AdamW on this stage's tensors; resuming, it keeps this stage's part of
+        a one-process AdamW state (what for_checkpoint saved)."""
+        adamw = make_adamw(param_groups)
+        adamw.register_load_state_dict_pre_hook(self.stage_state)
+        return adamw
+
+    def stage_state(self, optimizer, state_dict):
+        """One process's AdamW state dict -> this stage's: each tensor takes the state of the
+        one-process tensor of its name (the last stage's copy of a tied embedding, the
+        embedding's: the two get the same all-reduced gradients, so the same updates)."""
+        with torch.device("meta"):
+            whole = GPT(self.model.config)
+        name_of = {id(p): name for name, p in whole.named_parameters()}
+        order = [name_of[id(p)] for group in whole.param_groups(0.0) for p in group["params"]]
+        saved = {order[i]: state for i, state in state_dict["state"].items()}
+        name_of = {id(p): name for name, p in self.named(self.model).items()}
+        mine = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+        groups, start = [], 0
+        for group, own in zip(state_dict["param_groups"], optimizer.param_groups):
+            groups.append({**group, "params": list(range(start, start + len(own["params"])))})
+            start += len(own["params"])
+        return {"state": {i: saved[name] for i, name in enumerate(mine) if name in saved},
+                "param_groups": groups}
 
     def clip_grad_norm(self, model, max_norm):
         """The one-process norm, bitwise: every tensor's squared sum, summed in the order one
         process sums them (a stage adds zeros for the tensors it does not hold)."""
         own = self.owned(model)
-        squares = torch.zeros(len(self.names), device=self.world.device)
+        squares = torch.zeros(len(self.names), dtype=torch.float64, device=self.world.device)
         for i, name in enumerate(self.names):
             if name in own and own[name].grad is not None:
-                squares[i] = (own[name].grad.float() ** 2).sum()
+                squares[i] = square_sum(own[name].grad)
         dist.all_reduce(squares)  # a few floats: left out of the byte counts
         total = torch.sqrt(sum(squares[i] for i in range(len(self.names))))
         return clip_grad_norm(model.parameters(), max_norm, total)

@@ -50,8 +50,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
-from ..loop import SingleProcess
+from ..loop import SingleProcess, split_rows
+from ..optim import square_sum
 from . import comm
 
 
@@ -106,15 +106,16 @@ def broadcast_model(model):
 
 def sharded_clip_grad_norm(local_grads, max_norm, world):
     """Clip by the global norm when each rank holds a disjoint part of the gradients: the
-    squared norms of the parts add up (one scalar all-reduce, not counted as a step's bytes)."""
-    squares = sum((g.float() ** 2).sum() for g in local_grads)
-    total = torch.as_tensor(squares, dtype=torch.float32, device=world.device).clone()
+    squared norms of the parts add up (one scalar all-reduce, not counted as a step's bytes),
+    in float64, so the factor is one process's (optim.square_sum)."""
+    squares = sum(square_sum(g) for g in local_grads)
+    total = torch.as_tensor(squares, dtype=torch.float64, device=world.device).clone()
     dist.all_reduce(total)
     total = total.sqrt()
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for g in local_grads:
         g.mul_(scale.to(g.dtype))
-    return total
+    return total.float()
 
 
 class Snapshot:
@@ -125,12 +126,3 @@ class Snapshot:
 
     def state_dict(self):
         return self.state
-
-
-def split_rows(t, rank, size):
-    """Rows [rank B/size, (rank+1) B/size) of t; B must divide by size."""
-    if t.size(0) % size:
-        raise ConfigError(f"a batch of {t.size(0)} sequences does not split "
-                          f"over {size} ranks; use a --batch-size that divides by {size}")
-    n = t.size(0) // size
-    return t[rank * n:(rank + 1) * n]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..optim import clip_grad_norm
+from ..optim import clip_grad_norm, square_sum
 from . import comm
 from .strategy import Snapshot, Strategy
 
@@ -145,13 +145,17 @@ def sharded_params(model):
     return out
 
 
+def shard_index(layer):
+    """The indices of the whole tensor's dim that a split layer holds."""
+    return layer.rows if isinstance(layer, ColumnParallelLinear) else layer.cols
+
+
 def unshard(tensor, layer, dim, group):
     """The whole tensor from every rank's shard (a collective: every rank calls it)."""
     ranks = dist.get_world_size(group)
     shards, indices = [torch.empty_like(tensor) for _ in range(ranks)], [None] * ranks
     dist.all_gather(shards, tensor.contiguous(), group=group)
-    index = layer.rows if isinstance(layer, ColumnParallelLinear) else layer.cols
-    dist.all_gather_object(indices, index, group=group)
+    dist.all_gather_object(indices, shard_index(layer), group=group)
     full_shape = list(tensor.shape)
     full_shape[dim] *= ranks
     full = tensor.new_empty(full_shape)
@@ -171,7 +175,29 @@ class TensorParallel(Strategy):
         self.group = group
 
     def wrap(self, model):
-        return parallelize(model, self.group)
+        model = parallelize(model, self.group)
+        self.sharded = sharded_params(model)
+        return model
+
+    def optimizer(self, param_groups, make_adamw):
+        """The project's AdamW on this rank's shards; resuming, it cuts a one-process AdamW
+        state (what for_checkpoint saved) as the parameters are cut."""
+        adamw = make_adamw(param_groups)
+        adamw.register_load_state_dict_pre_hook(self.shard_loaded_state)
+        return adamw
+
+    def shard_loaded_state(self, optimizer, state_dict):
+        params = [p for group in optimizer.param_groups for p in group["params"]]  # one process's order
+
+        def cut(p, state):
+            if p not in self.sharded:
+                return state
+            layer, dim = self.sharded[p]
+            return {k: v.index_select(dim, shard_index(layer).to(v.device)) if v.dim() else v
+                    for k, v in state.items()}
+
+        # state_dict is a shallow copy: the checkpoint's own tensors are left whole
+        return {**state_dict, "state": {i: cut(params[i], s) for i, s in state_dict["state"].items()}}
 
     def local_batch(self, batch):
         return batch
@@ -184,10 +210,10 @@ class TensorParallel(Strategy):
         summed over the ranks."""
         sharded = {id(p) for p in sharded_params(model)}
         params = [p for p in model.parameters() if p.grad is not None]
-        zero = torch.zeros((), device=self.world.device)
-        split = sum(((p.grad.float() ** 2).sum() for p in params if id(p) in sharded), zero)
+        zero = torch.zeros((), dtype=torch.float64, device=self.world.device)
+        split = sum((square_sum(p.grad) for p in params if id(p) in sharded), zero)
         dist.all_reduce(split, group=self.group)  # one float: left out of the byte counts
-        whole = sum((p.grad.float() ** 2).sum() for p in params if id(p) not in sharded)
+        whole = sum((square_sum(p.grad) for p in params if id(p) not in sharded), zero)
         return clip_grad_norm(params, max_norm, torch.sqrt(whole + split))
 
     def for_checkpoint(self, model, optimizer):
