@@ -17,7 +17,8 @@ from ..train import TrainConfig
 from .common import add_dataclass_flags, given
 
 # --- mini-llm align (stage 5) ----------------------------------------------------------------
-ALIGN_SKIP = ("tokenizer", "compile", "nvtx", "sample_tokens", "activation_checkpointing", "kernels")
+ALIGN_SKIP = ("tokenizer", "compile", "nvtx", "sample_tokens", "activation_checkpointing", "kernels", "split_batch",
+              "parallel")  # the align commands run in one process, with the default ops
 
 
 def cmd_align_data(args):
@@ -44,7 +45,7 @@ def cmd_align_dpo(args):
         args.label_smoothing, args.val_data, args.truncate, args.limit)
 
 
-RL_SKIP = (*ALIGN_SKIP, "data", "batch_size", "grad_accum", "eval_iters", "parallel")
+RL_SKIP = (*ALIGN_SKIP, "data", "batch_size", "grad_accum", "eval_iters")
 RL_METHODS = {"ppo": (PPOConfig, ppo), "grpo": (GRPOConfig, grpo)}
 
 
