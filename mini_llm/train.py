@@ -153,8 +153,12 @@ def train(model_overrides, cfg, resume=None):
     sample = sample_text(run.model, dataset.tokenizer, cfg, device) if cfg.sample_tokens and not pipeline else None
     if strategy:  # every rank ran the sample: fsdp's forward needs them all
         groups.destroy()
-    if not run.ranks.is_main:
-        return summary
+    if run.ranks.is_main:
+        print_done(summary, cfg, sample)
+    return summary
+
+
+def print_done(summary, cfg, sample):
     print(f"done: val loss {summary['val_loss']:.4f} after {cfg.max_iters} iterations, "
           f"{summary['wall_s']:.0f} s, median {summary['median_ms_per_iter'] or 0:.1f} ms/iteration; "
           f"wrote {cfg.out}/")
@@ -163,7 +167,6 @@ def train(model_overrides, cfg, resume=None):
     elif cfg.sample_tokens:
         print(f"no sample: a pipeline stage holds only its layers; `mini-llm sample {cfg.out}` reads "
               "the whole model from the checkpoint")
-    return summary
 
 
 def parallel_strategy(cfg):

@@ -81,7 +81,8 @@ def cmd_align_passk(args):
 
 
 def add_align_parsers(sub):
-    align = sub.add_parser("align", help="stage 5: SFT, reward model, DPO, measured against a gold reward")
+    align = sub.add_parser("align", help="stage 5: SFT, reward model, DPO, RL (PPO, GRPO, best-of-n), measured "
+                           "against a gold reward or an exact checker")
     cmds = align.add_subparsers(dest="align_command", required=True)
 
     p = cmds.add_parser("data", help="write the align JSONL files from the shipped corpora")
@@ -113,27 +114,7 @@ def add_align_parsers(sub):
     p.add_argument("--loss-type", default="sigmoid", choices=("sigmoid", "ipo"))
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cDPO: labels flipped with this probability")
 
-    for name, (settings, _) in RL_METHODS.items():
-        p = cmds.add_parser(name, help=f"{name.upper()}: optimise a reward with RL, with a KL penalty to the "
-                            "reference (see docs/stage-5-alignment.md)")
-        p.add_argument("--base", required=True, help="the run to start from (the SFT model)")
-        p.add_argument("--reference", help="the frozen reference (default: --base)")
-        add_dataclass_flags(p, settings)
-        add_dataclass_flags(p, TrainConfig, skip=RL_SKIP)
-        p.set_defaults(func=cmd_align_rl)
-
-    p = cmds.add_parser("best-of-n", help="sample n answers, keep the best by the reward: reward against "
-                        "the analytic KL log n - (n-1)/n")
-    p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
-    p.add_argument("--reward", required=True, help="gold, addition or a reward-model run")
-    p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" (distinct prompts)")
-    p.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
-    p.add_argument("--samples", type=int, default=64, help="answers sampled per prompt (>= the largest n)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--max-prompts", type=int, help="use the first N distinct prompts")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--out", help="JSON to write (must not exist)")
-    p.set_defaults(func=cmd_align_best_of_n)
+    add_rl_parsers(cmds)
 
     p = cmds.add_parser("pairs", help="sample answer pairs from a model, labelled by the gold reward")
     p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
@@ -164,3 +145,28 @@ def add_align_parsers(sub):
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--out", required=True, help="JSONL, one record per seed and one greedy (must not exist)")
     p.set_defaults(func=cmd_align_passk)
+
+
+def add_rl_parsers(cmds):
+    """mini-llm align ppo | grpo | best-of-n (part 2, RL)."""
+    for name, (settings, _) in RL_METHODS.items():
+        p = cmds.add_parser(name, help=f"{name.upper()}: optimise a reward with RL, with a KL penalty to the "
+                            "reference (see docs/stage-5-rl.md)")
+        p.add_argument("--base", required=True, help="the run to start from (the SFT model)")
+        p.add_argument("--reference", help="the frozen reference (default: --base)")
+        add_dataclass_flags(p, settings)
+        add_dataclass_flags(p, TrainConfig, skip=RL_SKIP)
+        p.set_defaults(func=cmd_align_rl)
+
+    p = cmds.add_parser("best-of-n", help="sample n answers, keep the best by the reward: reward against "
+                        "the analytic KL log n - (n-1)/n")
+    p.add_argument("--model", required=True, help="the run to sample from (the SFT model)")
+    p.add_argument("--reward", required=True, help="gold, addition or a reward-model run")
+    p.add_argument("--prompts", required=True, help="JSONL with \"prompt\" (distinct prompts)")
+    p.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--samples", type=int, default=64, help="answers sampled per prompt (>= the largest n)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-prompts", type=int, help="use the first N distinct prompts")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", help="JSON to write (must not exist)")
+    p.set_defaults(func=cmd_align_best_of_n)
