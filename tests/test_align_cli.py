@@ -10,6 +10,7 @@ import torch
 from mini_llm.tokenizer.chat import ChatTokenizer
 from mini_llm.align.reward import load_reward_model
 from mini_llm.checkpoint import load_model
+from mini_llm import ops
 from mini_llm.cli import main
 
 from conftest import CORPUS
@@ -173,9 +174,14 @@ def test_grpo_ppo_and_best_of_n_end_to_end(base, sft_data, tmp_path):
     assert [r["iter"] for r in records_of(grpo, "eval")] == [0, 1, 2] and "kl" in records_of(grpo, "eval")[0]
     model, _ = load_model(grpo)  # the policy alone: an ordinary language model
 
-    ppo = tmp_path / "ppo"
-    assert main(["align", "ppo", "--base", str(base), *prompts, "--reward", "gold", "--prompts-per-rollout", "4",
-                 "--epochs", "1", "--minibatches", "1", "--target-kl", "1.0", "--out", str(ppo), *RL_FAST]) == 0
+    ppo = tmp_path / "ppo"  # through the reference ops: --kernels reaches the rollouts and the training
+    try:
+        assert main(["align", "ppo", "--base", str(base), *prompts, "--reward", "gold", "--prompts-per-rollout", "4",
+                     "--epochs", "1", "--minibatches", "1", "--target-kl", "1.0", "--kernels", "reference",
+                     "--out", str(ppo), *RL_FAST]) == 0
+    finally:
+        ops.set_kernels(None)
+    assert json.loads((ppo / "summary.json").read_text())["train_config"]["kernels"] == "reference"
     first = records_of(ppo, "train")[0]  # iteration 1: the first step on a fresh rollout, on-policy
     assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and first["clip_ratio"] == 0
     assert {"value_loss", "explained_variance", "kl", "kl_coef", "entropy"} <= set(first)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from .. import ops
 from ..align.arithmetic import pass_at_1_run
 from ..align.datasets import BUILDERS
 from ..align.dpo import dpo
@@ -17,8 +18,8 @@ from ..train import TrainConfig
 from .common import add_dataclass_flags, given
 
 # --- mini-llm align (stage 5) ----------------------------------------------------------------
-ALIGN_SKIP = ("tokenizer", "compile", "nvtx", "sample_tokens", "activation_checkpointing", "kernels", "split_batch",
-              "parallel")  # the align commands run in one process, with the default ops
+ALIGN_SKIP = ("tokenizer", "compile", "nvtx", "sample_tokens", "activation_checkpointing", "split_batch",
+              "parallel")  # the align commands run in one process
 
 
 def cmd_align_data(args):
@@ -27,8 +28,14 @@ def cmd_align_data(args):
     print(f"wrote {args.dataset} JSONL files into {args.out}/")
 
 
-def align_settings(stage, args):
-    return align_config(stage, given(args, TrainConfig, skip=ALIGN_SKIP))
+def align_settings(stage, args, skip=ALIGN_SKIP):
+    """The run's TrainConfig; its --kernels are selected here, before any forward (DPO's
+    reference pass, RL's rollouts) runs."""
+    cfg = align_config(stage, given(args, TrainConfig, skip=skip))
+    kernels = ops.set_kernels(cfg.kernels)
+    if cfg.kernels:
+        print(f"kernels: {ops.describe(kernels)}")
+    return cfg
 
 
 def cmd_align_sft(args):
@@ -52,7 +59,7 @@ RL_METHODS = {"ppo": (PPOConfig, ppo), "grpo": (GRPOConfig, grpo)}
 def cmd_align_rl(args):
     settings, train = RL_METHODS[args.align_command]
     rl = settings(**given(args, settings))
-    train(align_config(args.align_command, given(args, TrainConfig, skip=RL_SKIP)), rl, args.base, args.reference)
+    train(align_settings(args.align_command, args, RL_SKIP), rl, args.base, args.reference)
 
 
 def cmd_align_best_of_n(args):
