@@ -173,6 +173,7 @@ def test_grpo_ppo_and_best_of_n_end_to_end(base, sft_data, tmp_path):
     assert {"reward", "reward_std", "frac_reward_zero_std", "clip_ratio", "entropy"} <= set(train[0])
     assert [r["iter"] for r in records_of(grpo, "eval")] == [0, 1, 2] and "kl" in records_of(grpo, "eval")[0]
     model, _ = load_model(grpo)  # the policy alone: an ordinary language model
+    assert (grpo / "rewards.png").stat().st_size > 0
 
     ppo = tmp_path / "ppo"  # through the reference ops: --kernels reaches the rollouts and the training
     try:

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from ..loop import SingleProcess, Task, fit, seeded
+from ..plot import read_metrics
 from ..tokenizer.chat import chat_template
 from .evaluate import distinct_prompts
 from .losses import kl_estimate
@@ -191,4 +192,31 @@ def train_rl(cfg, rl, base, reference, stage, method):
     print(f"{stage}: {len(train.texts)} training and {len(held_out.texts)} held-out prompts, reward {rl.reward}, "
           f"{rl.prompts_per_rollout} prompts x {rl.k} answers per rollout, {rl.epochs} x {rl.minibatches} "
           f"steps on each, kl_coef {rl.kl_coef}")
-    return finish_align(run, fit(run, task), {"rl": vars(rl)})
+    summary = finish_align(run, fit(run, task), {"rl": vars(rl)})
+    plot_rewards(run.out, run.out / "rewards.png")
+    return summary
+
+
+def plot_rewards(run_dir, out_png):
+    """The held-out reward (and gold reward) against the step, and the KL beside it: what an RL
+    run's loss curve does not show (its loss hovers near 0 whether it learns or not)."""
+    import matplotlib  # here: only the plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in read_metrics(run_dir) if r["kind"] == "eval"]
+    steps = [r["iter"] for r in evals]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("reward", "gold_reward"):
+        if key in evals[0]:
+            left.plot(steps, [r[key] for r in evals], "o-", label=key.replace("_", " "))
+    right.errorbar(steps, [r["kl"] for r in evals], yerr=[r["kl_stderr"] for r in evals], fmt="o-", capsize=3)
+    left.set(xlabel="step", ylabel="mean over held-out answers", title="reward")
+    right.set(xlabel="step", ylabel="nats per answer", title="KL(policy || reference)")
+    left.legend()
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
