@@ -231,3 +231,14 @@ def test_rl_bad_inputs_are_one_line_errors(base, sft_data, tmp_path, capsys):
     assert not (out / "ckpt.safetensors").exists()
     assert "fewer than the largest n" in run_error(capsys, ["align", "best-of-n", "--model", str(base), "--reward", "gold",
                                                             "--prompts", str(sft_data), "--samples", "2", "--n", "4"])
+
+
+def test_rl_turns_dropout_off_so_the_first_step_is_on_policy(base, sft_data, tmp_path):
+    noisy = tmp_path / "dropout-base"
+    assert main(["train", "--preset", "tiny", "--block-size", "96", "--max-iters", "2", "--dropout", "0.5",
+                 "--data", str(base.parent / "corpus.txt"), "--out", str(noisy), "--sample-tokens", "0"]) == 0
+    out = tmp_path / "ppo"
+    assert main(["align", "ppo", "--base", str(noisy), "--prompts", str(sft_data), "--eval-prompts", str(sft_data),
+                 "--reward", "gold", "--prompts-per-rollout", "4", "--minibatches", "1", "--epochs", "1",
+                 "--out", str(out), *RL_FAST]) == 0
+    assert records_of(out, "train")[0]["ratio"] == pytest.approx(1.0, abs=1e-5)

@@ -105,8 +105,6 @@ class Minibatches:
         self.index, self.data, self.stats = None, None, None
 
     def __call__(self, it, micro):
-        if micro:
-            raise ConfigError("RL takes one micro-batch per step: use --minibatches, not --grad-accum")
         steps = self.rl.epochs * self.rl.minibatches
         r, step = divmod(it, steps)
         if r != self.index:
@@ -136,7 +134,12 @@ def as_metrics(stats):
 
 
 def load_policy_and_reference(base, reference, device):
+    """The policy with its dropout off (TRL's disable_dropout: the ratio pi / pi_old must compare
+    the same function, and a rollout samples without dropout) and the frozen reference."""
     policy, tokenizer, _ = load_chat_model(base, device)
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
     ref, ref_tokenizer, _ = load_chat_model(reference or base, device)
     check_same_shape(policy, tokenizer, ref, ref_tokenizer, f"the reference {reference or base}")
     return policy, ref.requires_grad_(False).eval(), tokenizer
