@@ -66,17 +66,6 @@ def destroy():
         dist.destroy_process_group()
 
 
-def mesh(world, shape, names):
-    """A device mesh over the world, e.g. mesh(world, (2, 2), ("dp", "tp")): rank r sits at
-    (r // 2, r % 2); mesh["tp"].get_group() is the group of ranks that share its dp index."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    if torch.Size(shape).numel() != world.size:
-        raise ConfigError(f"a {' x '.join(map(str, shape))} mesh needs {torch.Size(shape).numel()} "
-                          f"ranks, not {world.size}")
-    return init_device_mesh(world.device.split(":")[0], tuple(shape), mesh_dim_names=tuple(names))
-
-
 def free_port():
     """A TCP port nobody listens on now (the OS picks it), for tests and the launcher."""
     with socket.socket() as s:
