@@ -4,7 +4,7 @@
 # and GRPO on the verifiable addition task (3 seeds). Each step appends its command, wall and
 # CPU seconds to $RES/times.tsv.
 #
-#   bash bench/align_rl.sh [STEP ...]    steps: bon ppo grpo dpo dpo_early eval addition report
+#   bash bench/align_rl.sh [STEP ...]    steps: bon ppo grpo weak dpo dpo_early eval addition report
 #                                        (default: all, in that order)
 # Needs the runs of bench/align_stage5.sh in $ALIGN (default /tmp/align: the SFT model, the
 # proxy reward model rm2-3200, the gold-labelled pairs). RL runs go to $WORK (default /tmp/rl);
@@ -27,13 +27,21 @@ step_bon() {  # 2048 answers per prompt: best of 1 .. 2048, KL 0 .. 6.6 nats
     timed bon mini-llm align best-of-n --model "$SFT" --reward "$RM" --prompts "$A/data/sft_val.jsonl" \
         --samples 2048 --n 1 2 4 8 16 32 64 128 256 512 1024 2048 --seed 7 --out "$RES/best_of_n.json"
 }
-step_ppo() {  # a weak KL penalty, so the policy travels far enough for the gold reward to turn
+step_ppo() {  # a weak KL penalty, so the policy travels far enough for the gold reward to turn;
+              # 16 answers per prompt at each evaluation (384): the gold curve's noise is the question
     timed ppo mini-llm align ppo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" --kl-coef 0.01 \
-        --max-new-tokens 96 --max-iters 240 --eval-interval 20 --lr 5e-5 --min-lr 5e-5 --out "$W/ppo-proxy"
+        --max-new-tokens 96 --max-iters 360 --eval-interval 30 --eval-samples 16 --lr 5e-5 --min-lr 5e-5 \
+        --out "$W/ppo-proxy"
 }
 step_grpo() {
     timed grpo mini-llm align grpo --base "$SFT" --reward "$RM" "${PROMPTS[@]}" \
         --max-new-tokens 96 --max-iters 300 --eval-interval 20 --lr 5e-5 --min-lr 5e-5 --out "$W/grpo-proxy"
+}
+step_weak() {  # the same best-of-n and GRPO against a weaker proxy: the reward model of 400 pairs (55%)
+    timed bon_rm400 mini-llm align best-of-n --model "$SFT" --reward "$A/rm2-400" --prompts "$A/data/sft_val.jsonl" \
+        --samples 256 --n 1 2 4 8 16 32 64 128 256 --seed 7 --out "$RES/best_of_n_rm400.json"
+    timed grpo_rm400 mini-llm align grpo --base "$SFT" --reward "$A/rm2-400" "${PROMPTS[@]}" \
+        --max-new-tokens 96 --max-iters 200 --eval-interval 20 --lr 5e-5 --min-lr 5e-5 --out "$W/grpo-rm400"
 }
 step_dpo() {  # larger betas than part 1's: under Adam they do not bring DPO's KL down
     for beta in 5.0 20.0; do
@@ -81,5 +89,5 @@ step_report() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(bon ppo grpo dpo dpo_early eval addition report)
+[ ${#steps[@]} -eq 0 ] && steps=(bon ppo grpo weak dpo dpo_early eval addition report)
 for s in "${steps[@]}"; do "step_$s"; done

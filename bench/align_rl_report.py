@@ -25,6 +25,7 @@ FORMS = {"bon": lambda d, a, b: d * (a - b * d),
 PEAK = {"bon": lambda a, b: a / (2 * b) if b > 0 else math.inf,
         "rl": lambda a, b: math.exp(a / b - 1) if b > 0 else math.inf}
 KL_TARGETS = (0.5, 1.0, 2.0, 4.0, 6.0)
+WEAK = "RM of 400 pairs"
 
 
 def read_jsonl(path):
@@ -105,8 +106,11 @@ def save(plt, fig, out_png):
 
 def plot(curves, fits, out_png):
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), squeeze=False)
-    for ax, (name, (form, curve)) in zip(axes[0], curves.items()):
+    rows = math.ceil(len(curves) / 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(15, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.axis("off")
+    for ax, (name, (form, curve)) in zip(axes.flat, curves.items()):
         d = np.sqrt([p["kl"] for p in curve])
         grid = np.linspace(1e-3, d.max() * 1.1, 200)
         for key, color in (("gold_reward", "C0"), ("reward", "C1")):
@@ -157,6 +161,10 @@ def main():
     work, out = Path(args.work), Path(args.out)
     curves = {"best-of-n": ("bon", bon_curve(out / "best_of_n.json")),
               "PPO": ("rl", rl_curve(work / "ppo-proxy")), "GRPO": ("rl", rl_curve(work / "grpo-proxy"))}
+    if (out / "best_of_n_rm400.json").is_file():  # the weaker proxy (align_rl.sh weak)
+        curves[f"best-of-n, {WEAK}"] = ("bon", bon_curve(out / "best_of_n_rm400.json"))
+    if (work / "grpo-rm400" / "metrics.jsonl").is_file():
+        curves[f"GRPO, {WEAK}"] = ("rl", rl_curve(work / "grpo-rm400"))
     fits = {name: {key: fit(curve, form, key) for key in ("gold_reward", "reward")}
             for name, (form, curve) in curves.items()}
     plot(curves, fits, out / "overoptimization.png")
