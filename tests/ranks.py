@@ -95,6 +95,37 @@ def checkpoint_diff(model_state, optimizer_state, reference, reference_optimizer
     return model, adam
 
 
+def resumed_equals_uninterrupted(make_ranks, config, cfg, task, steps):
+    """A model-parallel strategy (make_ranks() -> its ranks) trained `steps` steps in one go,
+    and 1 step, its gathered checkpoint (the one-process model and AdamW state, as every rank
+    reads it from the file) loaded into a fresh run, then the rest: (model equal to the bit,
+    AdamW state equal to the bit) on the ranks the strategy gathers to, None on the others."""
+    def run(iterations, checkpoint=None):
+        ranks, model = make_ranks(), fresh_model(config)
+        if checkpoint:
+            model.load_state_dict(checkpoint[0])
+        model = ranks.wrap(model)
+        optimizer = ranks.optimizer(model.param_groups(0.1), lambda g: AdamW(g, lr=cfg.lr, betas=(0.9, 0.99)))
+        if checkpoint:
+            optimizer.load_state_dict(checkpoint[1])
+        loop = Run(cfg, model, optimizer, None, {}, ranks=ranks)
+        for it in iterations:
+            optimizer_step(loop, task, it)
+        snapshots = ranks.for_checkpoint(model, optimizer)
+        return None if snapshots[0] is None else [s.state_dict() for s in snapshots]
+
+    whole = run(range(steps))
+    first = [run(range(1))]
+    dist.broadcast_object_list(first, src=0)  # what each rank reads from the checkpoint file
+    resumed = run(range(1, steps), first[0])
+    if whole is None:
+        return None
+    same_model = all(torch.equal(resumed[0][k], v) for k, v in whole[0].items())
+    same_adam = all(torch.equal(resumed[1]["state"][i][k], v)
+                    for i, state in whole[1]["state"].items() for k, v in state.items())
+    return same_model, same_adam
+
+
 STEPS = 3  # optimizer steps of a train_tiny run
 
 

@@ -12,14 +12,10 @@ K steps, as for tensor parallel (tests/test_parallel_tp.py).
 """
 
 import pytest
-import torch
-import torch.distributed as dist
-from ranks import (FAMILIES, checkpoint_diff, fresh_model, random_tokens, run_ranks, settings, tiny_config, train,
-                   world)
+from ranks import (FAMILIES, checkpoint_diff, fresh_model, random_tokens, resumed_equals_uninterrupted, run_ranks,
+                   settings, tiny_config, train, world)
 
 from mini_llm.errors import ConfigError
-from mini_llm.loop import Run, optimizer_step
-from mini_llm.optim import AdamW
 from mini_llm.parallel.pp import SCHEDULES, Pipeline, check_divides
 
 TIED_ATOL_LR = 1e-2
@@ -82,37 +78,8 @@ def test_pp_equals_one_process_on_4_ranks():
 
 
 def pp_resumed_equals_uninterrupted(family, steps=3):
-    """`steps` steps of the pipeline in one go, and 1 step, then the checkpoint rank 0 gathers
-    (the one-process model and AdamW state, as every rank reads it from the file) loaded into
-    a fresh pipeline, each stage keeping its part, then the rest: whether the two gathered
-    checkpoints are equal to the bit (rank 0; the other ranks: None)."""
     config, cfg = tiny_config(family, n_layer=4), settings(2, iters=steps)
-    task = random_tokens(config, cfg)
-
-    def run(iterations, checkpoint=None):
-        ranks, model = Pipeline(world()), fresh_model(config)
-        if checkpoint:
-            model.load_state_dict(checkpoint[0])
-        model = ranks.wrap(model)
-        optimizer = ranks.optimizer(model.param_groups(0.1), lambda g: AdamW(g, lr=cfg.lr, betas=(0.9, 0.99)))
-        if checkpoint:
-            optimizer.load_state_dict(checkpoint[1])
-        loop = Run(cfg, model, optimizer, None, {}, ranks=ranks)
-        for it in iterations:
-            optimizer_step(loop, task, it)
-        snapshots = ranks.for_checkpoint(model, optimizer)
-        return [s.state_dict() for s in snapshots] if ranks.is_main else None
-
-    whole = run(range(steps))
-    first = [run(range(1))]
-    dist.broadcast_object_list(first, src=0)  # what each rank reads from the checkpoint file
-    resumed = run(range(1, steps), first[0])
-    if whole is None:
-        return None
-    same_model = all(torch.equal(resumed[0][k], v) for k, v in whole[0].items())
-    same_adam = all(torch.equal(resumed[1]["state"][i][k], v)
-                    for i, state in whole[1]["state"].items() for k, v in state.items())
-    return same_model, same_adam
+    return resumed_equals_uninterrupted(lambda: Pipeline(world()), config, cfg, random_tokens(config, cfg), steps)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

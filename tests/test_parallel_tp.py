@@ -16,12 +16,11 @@ products inside one matmul, in another order, so sums round differently (a few f
 import pytest
 import torch
 import torch.distributed as dist
-from ranks import checkpoint_diff, fresh_model, random_tokens, run_ranks, settings, tiny_config, train, world
+from ranks import (checkpoint_diff, fresh_model, random_tokens, resumed_equals_uninterrupted, run_ranks, settings,
+                   tiny_config, train, world)
 
 from mini_llm.errors import ConfigError
 from mini_llm.generate import generate
-from mini_llm.loop import Run, optimizer_step
-from mini_llm.optim import AdamW
 from mini_llm.parallel.tp import TensorParallel, check_divides, sharded_params, unshard
 
 RTOL, ATOL_LR, ADAM_RTOL = 1e-5, 3e-2, 2e-3
@@ -82,32 +81,8 @@ def test_tp_equals_one_process_on_4_ranks():
 
 
 def tp_resumed_equals_uninterrupted(family, steps=3):
-    """`steps` steps of tensor parallel in one go, and 1 step, then the checkpoint it gathers
-    (the one-process model and AdamW state) loaded into a fresh tensor-parallel run, which
-    cuts both as it cuts the model, then the rest: whether the two gathered checkpoints are
-    equal to the bit."""
     config, cfg = tiny_config(family), settings(1, iters=steps)
-    task = random_tokens(config, cfg)
-
-    def run(iterations, checkpoint=None):
-        ranks, model = TensorParallel(world()), fresh_model(config)
-        if checkpoint:
-            model.load_state_dict(checkpoint[0])
-        model = ranks.wrap(model)
-        optimizer = ranks.optimizer(model.param_groups(0.1), lambda g: AdamW(g, lr=cfg.lr, betas=(0.9, 0.99)))
-        if checkpoint:
-            optimizer.load_state_dict(checkpoint[1])
-        loop = Run(cfg, model, optimizer, None, {}, ranks=ranks)
-        for it in iterations:
-            optimizer_step(loop, task, it)
-        return [s.state_dict() for s in ranks.for_checkpoint(model, optimizer)]
-
-    whole = run(range(steps))
-    resumed = run(range(1, steps), run(range(1)))
-    same_model = all(torch.equal(resumed[0][k], v) for k, v in whole[0].items())
-    same_adam = all(torch.equal(resumed[1]["state"][i][k], v)
-                    for i, state in whole[1]["state"].items() for k, v in state.items())
-    return same_model, same_adam
+    return resumed_equals_uninterrupted(lambda: TensorParallel(world()), config, cfg, random_tokens(config, cfg), steps)
 
 
 def test_tp_resumes_its_checkpoint_to_the_bit():
