@@ -9,7 +9,7 @@ import torch
 from mini_llm.align.rewards import Sample, score
 from mini_llm.align.rl_losses import (clipped_policy_loss, clipped_value_loss, explained_variance, gae,
                                       group_advantages, grpo_loss, kl_penalty, masked_mean, masked_whiten)
-from mini_llm.align.rollout import rollout, token_logprobs
+from mini_llm.align.rollout import entropy, next_token_logprobs, rollout, token_logprobs
 from mini_llm.errors import ConfigError, DataError
 from mini_llm.model import GPT, GPTConfig
 
@@ -52,6 +52,13 @@ def test_rollout_refuses_an_empty_prompt_set_and_prompts_that_fill_the_context()
         rollout(policy, [[1], [1] * 24], k=2, max_new_tokens=4, stop_token=11)
     r = rollout(policy, [[1] * 22], k=2, max_new_tokens=9, stop_token=11)  # capped at the context
     assert r.ids.size(1) <= 24
+
+
+def test_entropy_of_the_next_token_distributions():
+    logits = torch.zeros(1, 3, 8)
+    logits[0, 1, 0] = 1e4  # position 1 is certain of token 0; position 2 is never read (no next token)
+    ent = entropy(next_token_logprobs(logits))
+    torch.testing.assert_close(ent, torch.tensor([[math.log(8), 0.0]]))
 
 
 # --- the objectives ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..files import atomic_write_bytes
 from ..loop import seeded
 from .evaluate import check_new
 from .rewards import make_reward, score
-from .rl import RLConfig, read_prompts, scored_rollout
+from .rl import Prompts, read_prompts, scored_rollout
 from .runs import load_chat_model
 
 
@@ -55,11 +55,10 @@ def best_of_n(model_path, reward_spec, prompts_path, ns, samples, max_new_tokens
     prompts = read_prompts(prompts_path, tokenizer, max_prompts)
     reward = make_reward(reward_spec)
     gold = make_reward("gold") if reward_spec not in ("gold", "addition") else None
-    rl = RLConfig(prompts=prompts_path, max_new_tokens=max_new_tokens)
     proxy_scores, gold_scores = [], []
     for p, (text, ids) in enumerate(zip(prompts.texts, prompts.ids)):
-        one = type(prompts)([text], [ids])
-        _, answers, scores = scored_rollout(policy, tokenizer, one, samples, rl, reward, seeded(seed, "best-of-n", p))
+        _, answers, scores = scored_rollout(policy, tokenizer, Prompts([text], [ids]), samples, reward,
+                                            seeded(seed, "best-of-n", p), max_new_tokens)
         proxy_scores.append(scores)
         if gold is not None:
             gold_scores.append(score(gold, answers))

@@ -19,7 +19,7 @@ from ..loop import seeded
 from .rl import (RLConfig, as_metrics, pick_prompts, reference_logprobs, rollout_stats, scored_rollout, setting,
                  train_rl)
 from .rl_losses import LOSS_NORMS, group_advantages, grpo_loss, masked_mean
-from .rollout import entropy, token_logprobs
+from .rollout import entropy, next_token_logprobs, picked
 
 
 @dataclass
@@ -45,7 +45,8 @@ def grpo_experience(policy, reference, tokenizer, prompts, rl, reward, seed):
     @torch.no_grad()
     def make(r):
         batch = pick_prompts(prompts, rl.prompts_per_rollout, seeded(seed, "grpo-prompts", r))
-        out, _, scores = scored_rollout(policy, tokenizer, batch, rl.k, rl, reward, seeded(seed, "grpo", r))
+        out, _, scores = scored_rollout(policy, tokenizer, batch, rl.k, reward, seeded(seed, "grpo", r),
+                                        rl.max_new_tokens, rl.temperature)
         advantages, zero_std = group_advantages(scores, rl.k, rl.scale_rewards)
         ids = out.ids.to(device)
         data = {"ids": ids, "mask": (out.mask & ~scores.isnan().unsqueeze(1)).to(device),
@@ -60,12 +61,12 @@ def grpo_step_loss(rl):
     def loss(policy, batch):
         mb, stats = batch
         ids, mask = mb["ids"], mb["mask"]
-        logits = policy(ids)[0]
-        logp = token_logprobs(logits, ids, rl.temperature)
+        all_logp = next_token_logprobs(policy(ids)[0], rl.temperature)  # (N, T-1, V)
+        logp = picked(all_logp, ids)
         value, metrics = grpo_loss(logp, mb["old_logp"], mb.get("ref_logp"), mb["advantages"], mask, rl.clip,
                                    rl.kl_coef, rl.loss_norm, rl.max_new_tokens)
         return value, {**as_metrics(stats), **metrics,
-                       "entropy": masked_mean(entropy(logits.detach(), rl.temperature), mask)}
+                       "entropy": masked_mean(entropy(all_logp.detach()), mask)}
     return loss
 
 

@@ -24,7 +24,7 @@ from .rl import (RLConfig, as_metrics, pick_prompts, reference_logprobs, rollout
                  train_rl)
 from .rl_losses import (clipped_policy_loss, clipped_value_loss, explained_variance, gae, kl_penalty, masked_mean,
                         masked_whiten)
-from .rollout import entropy, token_logprobs
+from .rollout import entropy, next_token_logprobs, picked
 
 
 @dataclass
@@ -83,7 +83,8 @@ def ppo_experience(model, reference, tokenizer, prompts, rl, reward, seed, contr
     @torch.no_grad()
     def make(r):
         batch = pick_prompts(prompts, rl.prompts_per_rollout, seeded(seed, "ppo-prompts", r))
-        out, _, scores = scored_rollout(model.policy, tokenizer, batch, rl.k, rl, reward, seeded(seed, "ppo", r))
+        out, _, scores = scored_rollout(model.policy, tokenizer, batch, rl.k, reward, seeded(seed, "ppo", r),
+                                        rl.max_new_tokens, rl.temperature)
         ids, old_logp = out.ids.to(device), out.logprobs.to(device)
         mask = (out.mask & ~scores.isnan().unsqueeze(1)).to(device)  # skipped answers: no token trains
         kl = kl_penalty(old_logp, reference_logprobs(reference, ids, rl.temperature), "k1") * mask
@@ -103,13 +104,13 @@ def ppo_loss(rl):
     def loss(model, batch):
         mb, stats = batch
         ids, mask = mb["ids"], mb["mask"]
-        logits = model.policy(ids)[0]
-        logp = token_logprobs(logits, ids, rl.temperature)
+        all_logp = next_token_logprobs(model.policy(ids)[0], rl.temperature)  # (N, T-1, V)
+        logp = picked(all_logp, ids)
         per_token, metrics = clipped_policy_loss(logp, mb["old_logp"], mb["advantages"], mask, rl.clip)
         policy_loss = masked_mean(per_token, mask)
         values = model.value(ids)[:, :-1]
         value_loss, value_metrics = clipped_value_loss(values, mb["old_values"], mb["returns"], mask, rl.value_clip)
-        ent = masked_mean(entropy(logits, rl.temperature), mask)
+        ent = masked_mean(entropy(all_logp), mask)
         total = policy_loss + rl.vf_coef * value_loss - rl.ent_coef * ent
         return total, {**as_metrics(stats), **metrics, **value_metrics, "policy_loss": policy_loss.detach(),
                        "value_loss": value_loss.detach(), "entropy": ent.detach(),

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError
+from .arithmetic import addition_reward
 from .gold import gold_reward
+from .reward import load_reward_model
 
 
 @dataclass
@@ -28,8 +30,6 @@ class Sample:
 
 def proxy_reward(path, device="cpu"):
     """The reward model of run `path` as a reward(sample) function."""
-    from .reward import load_reward_model
-
     model, _ = load_reward_model(path, device)
 
     @torch.no_grad()
@@ -44,7 +44,6 @@ def make_reward(spec, device="cpu"):
     if spec == "gold":
         return lambda sample: gold_reward(sample.text)
     if spec == "addition":
-        from .arithmetic import addition_reward
         return lambda sample: addition_reward(sample.prompt, sample.text)
     try:
         return proxy_reward(spec, device)

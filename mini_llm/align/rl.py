@@ -83,9 +83,9 @@ def pick_prompts(prompts, count, generator):
     return Prompts([prompts.texts[i] for i in rows], [prompts.ids[i] for i in rows])
 
 
-def scored_rollout(policy, tokenizer, prompts, k, rl, reward, generator):
+def scored_rollout(policy, tokenizer, prompts, k, reward, generator, max_new_tokens, temperature=1.0):
     """(rollout, its Samples, their rewards (N,)): NaN where the reward failed (rewards.score)."""
-    r = rollout(policy, prompts.ids, k, rl.max_new_tokens, tokenizer.end_id, generator, rl.temperature)
+    r = rollout(policy, prompts.ids, k, max_new_tokens, tokenizer.end_id, generator, temperature)
     samples = [Sample(prompts.texts[row // k], tokenizer.decode(a[:-1] if stopped else a), r.ids[row, :n].tolist())
                for row, (a, stopped, n) in enumerate(zip(r.answers, r.stopped, r.lengths.tolist()))]
     return r, samples, score(reward, samples)
@@ -162,7 +162,8 @@ def rl_evaluation(reference, tokenizer, prompts, rl, reward, seed, policy_of=lam
 
     def evaluate(model):
         policy = policy_of(model)
-        r, samples, rewards = scored_rollout(policy, tokenizer, prompts, rl.eval_samples, rl, reward, seeded(seed, "rl-eval"))
+        r, samples, rewards = scored_rollout(policy, tokenizer, prompts, rl.eval_samples, reward, seeded(seed, "rl-eval"),
+                                             rl.max_new_tokens, rl.temperature)
         ids = r.ids.to(policy.wte.weight.device)
         ref_logp = reference_logprobs(reference, ids, rl.temperature).cpu()
         kl, kl_stderr = kl_estimate((r.logprobs * r.mask).sum(1), (ref_logp * r.mask).sum(1))

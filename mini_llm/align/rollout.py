@@ -30,7 +30,6 @@ class Rollout:
     prompt_lengths: list  # (N,)
     answers: list  # (N,) the answer's ids, with the end-of-turn token if the model stopped
     stopped: list  # (N,) bool: the model ended its turn within the context
-    k: int  # answers per prompt
 
     @property
     def lengths(self):
@@ -84,19 +83,26 @@ def assemble(prompts, k, rows):
         mask[r, len(p) - 1: len(p) - 1 + len(a)] = True
         logprobs[r, len(p) - 1: len(p) - 1 + len(a)] = logp
     return Rollout(ids, mask, logprobs, [len(p) for p in prompt_of], [a for a, _, _ in rows],
-                   [s for _, _, s in rows], k)
+                   [s for _, _, s in rows])
 
 
-def token_logprobs(logits, ids, temperature=1.0):
-    """(N, T-1) log-prob of each next token: logits (N, T, V) of the model reading ids (N, T),
-    under the distribution rollout() samples from."""
+def next_token_logprobs(logits, temperature=1.0):
+    """(N, T-1, V): at each position but the last, the log-probs of the next token under the
+    distribution rollout() samples from; logits (N, T, V) of the model reading ids (N, T)."""
     flat = next_token_logits(logits[:, :-1].reshape(-1, logits.size(-1)), temperature)
-    logp = torch.log_softmax(flat, dim=-1).view(*ids.shape[:1], -1, logits.size(-1))
+    return torch.log_softmax(flat, dim=-1).view(logits.size(0), -1, logits.size(-1))
+
+
+def picked(logp, ids):
+    """(N, T-1): the log-prob each next token of ids (N, T) got, from next_token_logprobs."""
     return logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
-def entropy(logits, temperature=1.0):
-    """(N, T-1) entropy of each next-token distribution, in nats."""
-    flat = next_token_logits(logits[:, :-1].reshape(-1, logits.size(-1)), temperature)
-    logp = torch.log_softmax(flat, dim=-1)
-    return -(logp.exp() * logp).sum(-1).view(logits.size(0), -1)
+def token_logprobs(logits, ids, temperature=1.0):
+    """(N, T-1) log-prob of each next token of ids (N, T)."""
+    return picked(next_token_logprobs(logits, temperature), ids)
+
+
+def entropy(logp):
+    """(N, T-1) entropy of each next-token distribution, in nats, from next_token_logprobs."""
+    return -(logp.exp() * logp).sum(-1)
